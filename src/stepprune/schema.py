@@ -1,0 +1,131 @@
+"""Plain dataclasses that flow between the pipeline stages and serialise to JSON.
+
+    Problem -> Trace (with Steps) -> Record -> summary
+
+Token positions are always indices into ``prompt_ids + output_ids`` of a trace, end exclusive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Self
+
+
+class JsonMixin:
+    """``to_json``/``from_json`` for flat dataclasses (nested ones override ``from_json``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class Problem(JsonMixin):
+    """One benchmark item.
+
+    A problem that carries ``reasoning`` is teacher-forced: generation is skipped and the trace
+    is ``reasoning`` (then the model's end-of-thinking marker) followed by ``final``, the answer
+    section. ``step_labels`` (planted problems only) gives, per paragraph of ``reasoning``,
+    ``"necessary"`` or ``"planted"``.
+    """
+
+    id: str
+    problem: str
+    answer: str
+    reasoning: str | None = None
+    final: str | None = None
+    step_labels: list[str] | None = None
+
+
+@dataclass
+class Step(JsonMixin):
+    """A reasoning step: the token span ``[start, end)`` of ``prompt_ids + output_ids``."""
+
+    index: int
+    start: int
+    end: int
+    text: str
+    importance: float | None = None
+    label: str | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class Trace(JsonMixin):
+    """One sample of one problem: exact token ids, where the reasoning is, and its steps.
+
+    ``reasoning_start``/``reasoning_end`` delimit the reasoning in ``prompt_ids + output_ids``
+    (end exclusive; for thinking models ``reasoning_end`` is the position of ``</think>``).
+    Everything from ``reasoning_end`` on is the answer section and is never a step.
+    ``truncated``: generation stopped on the token budget (no ``</think>`` for thinking models,
+    or no end-of-sequence token).
+    """
+
+    problem_id: str
+    sample: int
+    prompt_ids: list[int]
+    output_ids: list[int]
+    reasoning_start: int
+    reasoning_end: int
+    finished_reasoning: bool
+    hit_eos: bool
+    teacher_forced: bool
+    truncated: bool
+    steps: list[Step] = field(default_factory=list)
+    scorer: str = ""
+    original_answer: str = ""
+    original_prediction: str | None = None
+    original_correct: bool | None = None
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Trace:
+        data = dict(data)
+        data["steps"] = [Step.from_json(s) for s in data.get("steps", [])]
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class Record(JsonMixin):
+    """The re-evaluated answer of one trace at one pruning threshold."""
+
+    problem_id: str
+    sample: int
+    threshold: float
+    mode: str
+    scorer: str
+    policy: str
+    kept_steps: list[int]
+    num_steps: int
+    steps_kept: int
+    reasoning_tokens: int
+    tokens_kept: int
+    reasoning_chars: int
+    chars_kept: int
+    context_tokens: int
+    answer_text: str
+    answer_tokens: int
+    answer_truncated: bool
+    gold: str
+    prediction: str | None
+    correct: bool
+
+    @property
+    def steps_kept_pct(self) -> float:
+        return 100.0 * self.steps_kept / self.num_steps if self.num_steps else 100.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["steps_kept_pct"] = self.steps_kept_pct
+        return data

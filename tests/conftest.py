@@ -1,0 +1,93 @@
+"""Shared fixtures: tokenizers of real reasoning models and tiny random-weight models."""
+
+from __future__ import annotations
+
+import os
+
+# Before transformers/huggingface_hub are imported: they read it once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MODELS = SHARED / "models"
+DATA = SHARED / "data"
+R1 = MODELS / "DeepSeek-R1-Distill-Qwen-1.5B"
+QWEN3 = MODELS / "Qwen3-0.6B"
+QWEN25 = MODELS / "Qwen2.5-1.5B-Instruct"
+
+requires_shared = pytest.mark.skipif(not MODELS.is_dir(), reason=f"{MODELS} not found")
+
+_ARCHITECTURES = {
+    # Small dimensions, real vocabulary sizes, grouped-query attention (4 query heads, 2 kv).
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
+}
+
+
+def tiny_model(arch: str, vocab_size: int = 151936, seed: int = 0, **overrides) -> PreTrainedModel:
+    """A random-weight causal LM of the given architecture, float32, eval mode, SDPA."""
+    config_cls, model_cls, extra = _ARCHITECTURES[arch]
+    settings = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=151643,
+        **extra,
+    )
+    settings.update(overrides)
+    config = config_cls(**settings)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    return model_cls(config).eval()
+
+
+@pytest.fixture(scope="session")
+def r1_tokenizer() -> PreTrainedTokenizerBase:
+    if not R1.is_dir():
+        pytest.skip(f"{R1} not found")
+    return AutoTokenizer.from_pretrained(R1)
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer() -> PreTrainedTokenizerBase:
+    if not QWEN3.is_dir():
+        pytest.skip(f"{QWEN3} not found")
+    return AutoTokenizer.from_pretrained(QWEN3)
+
+
+@pytest.fixture(scope="session")
+def qwen25_tokenizer() -> PreTrainedTokenizerBase:
+    if not QWEN25.is_dir():
+        pytest.skip(f"{QWEN25} not found")
+    return AutoTokenizer.from_pretrained(QWEN25)
+
+
+@pytest.fixture(scope="session")
+def tiny_r1_dir(tmp_path_factory, r1_tokenizer) -> Path:
+    """A saved model folder: tiny random Qwen2 weights with the real R1-distill tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-r1")
+    model = tiny_model("qwen2", eos_token_id=r1_tokenizer.eos_token_id)
+    model.generation_config.eos_token_id = r1_tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    r1_tokenizer.save_pretrained(folder)
+    return folder
