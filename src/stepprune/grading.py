@@ -1,0 +1,219 @@
+"""Grade model answers against a reference answer with math-verify, in a worker with a timeout.
+
+The gold answer is parsed first and passed first to ``verify`` (math-verify's comparison is not
+symmetric). The prediction is what math-verify extracts from the answer text, preferring the
+last ``\\boxed{...}``; an answer that math-verify does not extract is simply ungraded (wrong).
+There is deliberately no fallback that picks a number out of the text: the original notebook's
+"any 1-3 digit number near the end" fallback produced false positives.
+
+math-verify bounds its own work with ``signal.alarm``, which only works in the main thread of a
+process, and sympy can still hang or blow up on adversarial input. :class:`Grader` therefore runs
+each grading in a single worker process and kills it when the result is late.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+logger = logging.getLogger(__name__)
+
+# Gold answers are bare answers ("34", "\left( 3, \frac{\pi}{2} \right)"), so everything in them
+# is the answer: extract without anchors. Checked: every gold of the bundled MATH-500, AIME 24/25,
+# AMC 23 and GSM8K sets parses to a sympy object once wrapped in \boxed{}.
+_GOLD_CONFIG = (LatexExtractionConfig(), ExprExtractionConfig())
+
+# Model answers are free text. boxed_match_priority=0 makes a \boxed{} answer win over every other
+# pattern, and among matches of equal priority math-verify takes the rightmost one, so the last
+# \boxed{} counts. try_extract_without_anchor=False switches off math-verify's last resort of taking
+# any bare number or $...$ in the text ("maybe step 3 helps" -> 3), which is the same false
+# positive as the notebook's fallback. Anchored forms ("The answer is 34", "final answer is $x$")
+# still count.
+_PREDICTION_CONFIG = (
+    LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False),
+    ExprExtractionConfig(try_extract_without_anchor=False),
+)
+
+# Starting a spawned worker imports sympy and math-verify (about a second, more on a loaded
+# machine). That is not the answer's fault, so the start has its own, generous, limit.
+_STARTUP_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The verdict on one answer.
+
+    ``prediction`` is the answer math-verify extracted, as its normalised LaTeX string (e.g.
+    ``"34"``, ``"\\frac{1}{2}"``), or None when nothing was extracted or grading failed.
+    """
+
+    prediction: str | None
+    correct: bool
+
+
+_FAILED = Grade(prediction=None, correct=False)
+
+# (gold, answer_text, math-verify timeout in whole seconds) -> Grade; runs in the worker process.
+WorkerFn = Callable[[str, str, int], Grade]
+
+
+def _parse_gold(gold: str, timeout_s: int | None) -> list[Any]:
+    """Parse a gold answer; a bare one is wrapped in ``\\boxed{}`` so that LaTeX parses whole."""
+    gold = gold.strip()
+    # Wrapping makes the whole string one LaTeX answer: unwrapped, "\left( 3, \frac{\pi}{2}
+    # \right)" would only yield the first number-like piece, or nothing.
+    text = gold if "\\boxed" in gold else f"\\boxed{{{gold}}}"
+    parsed = parse(text, _GOLD_CONFIG, parsing_timeout=timeout_s)
+    if not parsed and text != gold:
+        parsed = parse(gold, _GOLD_CONFIG, parsing_timeout=timeout_s)
+    return parsed
+
+
+def _parse_prediction(answer_text: str, timeout_s: int | None) -> tuple[list[Any], str | None]:
+    """Parse a model answer: math-verify's parse result and its string form (None if empty)."""
+    parsed = parse(answer_text, _PREDICTION_CONFIG, parsing_timeout=timeout_s)
+    # parse() returns [sympy object, extracted string] on success, [extracted string] when the
+    # match did not parse to sympy (verify then compares strings), [] when nothing matched.
+    strings = [item for item in parsed if isinstance(item, str)]
+    if strings:
+        return parsed, strings[-1]
+    return parsed, (str(parsed[0]) if parsed else None)
+
+
+def extract_prediction(answer_text: str) -> str | None:
+    """The answer math-verify extracts from ``answer_text``, as in :attr:`Grade.prediction`.
+
+    Runs in the calling process with math-verify's timeout switched off (its ``signal.alarm``
+    would fail outside the main thread), so only call it on trusted or short text; use
+    :class:`Grader` for grading.
+    """
+    return _parse_prediction(answer_text, timeout_s=None)[1]
+
+
+def _grade_in_worker(gold: str, answer_text: str, mv_timeout_s: int) -> Grade:
+    """Grade one answer; runs in the worker process, whose main thread can use signal.alarm.
+
+    Module level so that it pickles.
+    """
+    try:
+        gold_parsed = _parse_gold(gold, mv_timeout_s)
+        pred_parsed, prediction = _parse_prediction(answer_text, mv_timeout_s)
+        if not gold_parsed or not pred_parsed:
+            # An unparseable gold is a data problem, not the model's: log it so it is noticed.
+            if not gold_parsed:
+                logger.warning("math-verify could not parse the gold answer %r", gold)
+            return Grade(prediction=prediction, correct=False)
+        correct = verify(gold_parsed, pred_parsed, timeout_seconds=mv_timeout_s)
+        return Grade(prediction=prediction, correct=bool(correct))
+    except Exception:  # never let one odd answer end a long run
+        logger.warning("grading failed for gold %r", gold, exc_info=True)
+        return _FAILED
+
+
+def _ping() -> None:
+    """No-op task: its result shows that a fresh worker has started and imported math-verify."""
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers now (shutdown alone would wait for a hung task to finish)."""
+    kill_workers = getattr(pool, "kill_workers", None)  # public API from Python 3.14 on
+    if kill_workers is not None:
+        kill_workers()
+    else:
+        # Before 3.14 the only handle on the workers is the private _processes mapping.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Grader:
+    """Grades answers in a worker process with a per-answer timeout. Context manager.
+
+    The worker is started on first use and reused; after a timeout or a crash it is killed and a
+    fresh one is started on the next call. Not thread-safe: use one Grader per thread.
+
+    Args:
+        timeout_s: seconds to wait for one answer's result; a late answer gets
+            ``Grade(None, False)``. math-verify's own per-step timeouts are set to half of it,
+            so that ordinary slow cases end inside math-verify and only hangs need a kill.
+        _worker: the function run in the worker process; tests inject a slow or failing one.
+            It must be picklable (defined at module level).
+    """
+
+    def __init__(self, timeout_s: float = 10.0, *, _worker: WorkerFn = _grade_in_worker) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.timeout_s = timeout_s
+        # signal.alarm takes whole seconds, and 0 would disable math-verify's timeout.
+        self._mv_timeout_s = max(1, int(timeout_s / 2))
+        self._worker = _worker
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: the parent may hold CUDA state and threads, which fork copies
+            # unsafely, and spawn behaves the same on every platform.
+            pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+            try:
+                # Wait for the worker here so that its start-up is not charged to an answer.
+                pool.submit(_ping).result(timeout=_STARTUP_TIMEOUT_S)
+            except BaseException:
+                _kill_pool(pool)
+                raise
+            self._pool = pool
+        return self._pool
+
+    def _discard_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            _kill_pool(pool)
+
+    def grade(self, gold: str, answer_text: str) -> Grade:
+        """Grade ``answer_text`` against ``gold``.
+
+        Parses the gold first, then the prediction, then ``verify(gold, prediction)``. Never
+        raises: a timeout or any failure gives ``Grade(None, False)``.
+        """
+        future: Future[Grade] | None = None
+        try:
+            future = self._ensure_pool().submit(self._worker, gold, answer_text, self._mv_timeout_s)
+            return future.result(timeout=self.timeout_s)
+        except TimeoutError:
+            what = "worker start-up" if future is None else f"answer after {self.timeout_s} s"
+            logger.warning("grading timed out (%s); restarting the worker", what)
+        except Exception:
+            # Includes BrokenProcessPool (the worker died, e.g. out of memory) and errors raised
+            # by an injected worker: start afresh on the next call either way.
+            logger.warning("grading failed; restarting the worker", exc_info=True)
+        except BaseException:
+            # Interrupted (Ctrl-C) while the worker may still be busy: do not leave it running.
+            self._discard_pool()
+            raise
+        self._discard_pool()
+        return _FAILED
+
+    def close(self) -> None:
+        """Stop the worker process, if one is running. The Grader can still be used afterwards."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
