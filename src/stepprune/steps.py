@@ -1,0 +1,117 @@
+"""Segmentation of the reasoning into steps: exact token spans of the generated ids.
+
+Steps are found on the tokens themselves (never by re-tokenising substrings, which does not match
+joint tokenisation). Every token of the reasoning belongs to exactly one step or is a separator
+(whitespace-only tokens between steps); the answer section is never a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+from stepprune.schema import Step
+
+# Steps shorter than this (non-space characters) are merged into the next step: a lone "Wait,"
+# or "**Step 2**" paragraph carries no reasoning of its own.
+DEFAULT_MIN_STEP_CHARS = 10
+
+
+def token_texts(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
+    """Decoded text of each token alone.
+
+    A byte-level token may hold part of a multi-byte character and decode to U+FFFD; that does not
+    matter here because only whitespace and newlines (ASCII) are inspected.
+    """
+    return tokenizer.batch_decode([[i] for i in ids])
+
+
+def paragraph_breaks(texts: list[str]) -> list[bool]:
+    """``breaks[i]`` is True when a paragraph ends after token ``i``."""
+    breaks = []
+    for i, text in enumerate(texts):
+        following = texts[i + 1] if i + 1 < len(texts) else ""
+        breaks.append("\n\n" in text or (text.endswith("\n") and following.startswith("\n")))
+    return breaks
+
+
+def _chunk_spans(breaks: list[bool]) -> list[tuple[int, int]]:
+    """Split ``range(len(breaks))`` into chunks ending at each break."""
+    spans, start = [], 0
+    for i, is_break in enumerate(breaks):
+        if is_break:
+            spans.append((start, i + 1))
+            start = i + 1
+    if start < len(breaks):
+        spans.append((start, len(breaks)))
+    return spans
+
+
+def _strip_blank(texts: list[str], start: int, end: int) -> tuple[int, int] | None:
+    """Narrow ``[start, end)`` to its first and last non-blank token; None if all blank."""
+    while start < end and not texts[start].strip():
+        start += 1
+    while end > start and not texts[end - 1].strip():
+        end -= 1
+    return (start, end) if start < end else None
+
+
+def _merge_short(
+    spans: list[tuple[int, int]], texts: list[str], min_chars: int
+) -> list[tuple[int, int]]:
+    """Merge spans with fewer than ``min_chars`` non-space characters into the next span (the
+    last one into the previous), so the merged span also covers the separator between them."""
+
+    def size(span: tuple[int, int]) -> int:
+        return sum(len("".join(texts[i].split())) for i in range(*span))
+
+    merged: list[tuple[int, int]] = []
+    pending: tuple[int, int] | None = None
+    for span in spans:
+        if pending is not None:
+            span = (pending[0], span[1])
+            pending = None
+        if size(span) < min_chars:
+            pending = span
+        else:
+            merged.append(span)
+    if pending is not None:
+        if merged:
+            merged[-1] = (merged[-1][0], pending[1])
+        else:
+            merged.append(pending)
+    return merged
+
+
+def segment_paragraphs(
+    tokenizer: PreTrainedTokenizerBase,
+    all_ids: Sequence[int],
+    start: int,
+    end: int,
+    min_chars: int = DEFAULT_MIN_STEP_CHARS,
+) -> list[Step]:
+    """Split the reasoning ``all_ids[start:end]`` into paragraph steps.
+
+    A paragraph ends at a token containing a blank line. Leading and trailing whitespace-only
+    tokens of a paragraph are separators; short paragraphs are merged forward.
+
+    Returns:
+        Steps with absolute spans into ``all_ids`` in order, non-overlapping, with
+        ``importance`` unset.
+    """
+    region = list(all_ids[start:end])
+    texts = token_texts(tokenizer, region)
+    stripped = [s for c in _chunk_spans(paragraph_breaks(texts)) if (s := _strip_blank(texts, *c))]
+    spans = _merge_short(stripped, texts, min_chars)
+    return [
+        Step(index=i, start=start + a, end=start + b, text=tokenizer.decode(region[a:b]))
+        for i, (a, b) in enumerate(spans)
+    ]
+
+
+def attach_labels(steps: list[Step], labels: list[str] | None) -> None:
+    """Copy planted-step labels onto the steps when segmentation found one step per label."""
+    if labels is not None and len(labels) == len(steps):
+        for step, label in zip(steps, labels, strict=True):
+            step.label = label

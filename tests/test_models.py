@@ -1,0 +1,75 @@
+"""Chat format and model resolution, on the real R1-distill, Qwen3 and Qwen2.5 tokenizers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stepprune.models import (
+    MATH_INSTRUCTION,
+    ChatFormat,
+    ModelLoadError,
+    bundled_gguf_path,
+    load_model,
+    resolve_model_source,
+)
+
+
+def test_r1_prompt_is_the_exact_template_and_opens_thinking(r1_tokenizer) -> None:
+    fmt = ChatFormat.from_tokenizer(r1_tokenizer)
+    assert fmt.is_thinking and (fmt.think_open_id, fmt.think_close_id) == (151648, 151649)
+    ids = fmt.prompt_ids("What is 1+1?")
+    question = r1_tokenizer.encode(f"What is 1+1?\n\n{MATH_INSTRUCTION}", add_special_tokens=False)
+    # bos, <｜User｜>, question, <｜Assistant｜>, <think>, "\n"; bos written once, by the template.
+    assert ids == [151646, 151644, *question, 151645, 151648, 198]
+    assert fmt.opens_reasoning(ids)
+    assert fmt.answer_cue_ids() == [151649, 271]  # "</think>", "\n\n"
+
+
+def test_qwen3_prompt_leaves_thinking_to_the_model(qwen3_tokenizer) -> None:
+    fmt = ChatFormat.from_tokenizer(qwen3_tokenizer)
+    ids = fmt.prompt_ids("What is 1+1?")
+    assert fmt.is_thinking and fmt.think_close_id == 151668
+    assert ids[-3:] == [151644, 77091, 198]  # <|im_start|>assistant\n
+    assert not fmt.opens_reasoning(ids)
+
+
+def test_qwen25_is_not_a_thinking_model(qwen25_tokenizer) -> None:
+    fmt = ChatFormat.from_tokenizer(qwen25_tokenizer)
+    assert not fmt.is_thinking and fmt.think_close_id is None
+    assert fmt.answer_cue_text() == "The answer is \\boxed{"
+
+
+def test_model_sources(tmp_path: Path) -> None:
+    assert resolve_model_source("org/name") == ("org/name", None)
+    assert resolve_model_source(str(tmp_path)) == (str(tmp_path), None)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert resolve_model_source(str(gguf)) == (str(tmp_path), "m.gguf")
+    with pytest.raises(ModelLoadError, match="no such GGUF file"):
+        resolve_model_source(str(tmp_path / "missing.gguf"))
+    plain = tmp_path / "weights.bin"
+    plain.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="expected a model directory"):
+        resolve_model_source(str(plain))
+
+
+def test_bundled_model_file_is_found() -> None:
+    path = bundled_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+
+
+def test_4bit_on_cpu_is_refused_clearly(tiny_r1_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="needs a CUDA device"):
+        load_model(str(tiny_r1_dir), device="cpu", load_in_4bit=True)
+
+
+def test_bad_dtype_is_refused(tiny_r1_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="--dtype float8"):
+        load_model(str(tiny_r1_dir), device="cpu", dtype="float8")
+
+
+def test_offline_missing_hub_model_is_one_clear_error() -> None:
+    with pytest.raises(ModelLoadError, match="no-such-org/no-such-model"):
+        load_model("no-such-org/no-such-model", device="cpu")

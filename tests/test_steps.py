@@ -1,0 +1,83 @@
+"""Segmentation: steps are exact token spans that cover the reasoning."""
+
+from __future__ import annotations
+
+import random
+
+from stepprune.generation import build_trace
+from stepprune.models import ChatFormat
+from stepprune.schema import Problem
+from stepprune.steps import segment_paragraphs
+
+PARAGRAPHS = [
+    "Okay, so I need to find how many apples Tom has.",
+    "Wait,",
+    "He has 3 boxes of 12 apples: 3 × 12 = 36 apples.",
+    "Hmm, 让我们 check: 36 − 7 = 29 apples remain after he gives 7 away.",
+    "Then he buys 5 more, so 29 + 5 = 34 apples.",
+]
+
+
+def _assert_partition(tokenizer, ids: list[int], start: int, end: int, steps) -> None:
+    """Every reasoning token is in exactly one step, or is whitespace between steps."""
+    owner = {}
+    for step in steps:
+        assert start <= step.start < step.end <= end
+        for position in range(step.start, step.end):
+            assert position not in owner
+            owner[position] = step.index
+        assert step.text == tokenizer.decode(ids[step.start : step.end])
+    for position in range(start, end):
+        if position not in owner:
+            assert tokenizer.decode([ids[position]]).strip() == ""
+    assert [s.index for s in steps] == list(range(len(steps)))
+    assert all(a.end <= b.start for a, b in zip(steps, steps[1:], strict=False))
+
+
+def test_paragraphs_become_steps_and_short_ones_merge(r1_tokenizer) -> None:
+    text = "\n" + "\n\n".join(PARAGRAPHS) + "\n"
+    ids = [7, 8, 9] + r1_tokenizer.encode(text, add_special_tokens=False)
+    steps = segment_paragraphs(r1_tokenizer, ids, 3, len(ids), min_chars=10)
+    _assert_partition(r1_tokenizer, ids, 3, len(ids), steps)
+    assert len(steps) == 4  # "Wait," merges into the next paragraph
+    assert steps[1].text.startswith("Wait,") and "3 × 12 = 36" in steps[1].text
+    assert steps[0].text.strip() == PARAGRAPHS[0]
+    assert steps[-1].text.strip() == PARAGRAPHS[-1]
+    assert steps[0].start == 4  # the leading newline token is a separator
+
+
+def test_random_layouts_are_partitioned(r1_tokenizer) -> None:
+    rng = random.Random(0)
+    words = ["Let", "x", "=", "3.", "So", "we", "get", "12", "Wait", "?", "∑", "é", "**Step**"]
+    for _ in range(20):
+        parts = [
+            " ".join(rng.choices(words, k=rng.randint(1, 12))) for _ in range(rng.randint(1, 8))
+        ]
+        breaks = ["\n\n", "\n", " \n\n", "\n\n\n", ".\n\n"]
+        text = "".join(p + rng.choice(breaks) for p in parts)
+        ids = r1_tokenizer.encode(text, add_special_tokens=False)
+        steps = segment_paragraphs(r1_tokenizer, ids, 0, len(ids), min_chars=rng.randint(0, 15))
+        _assert_partition(r1_tokenizer, ids, 0, len(ids), steps)
+        assert steps, text
+
+
+def test_answer_section_is_never_a_step(r1_tokenizer) -> None:
+    fmt = ChatFormat.from_tokenizer(r1_tokenizer)
+    prompt = fmt.prompt_ids("How many apples?")
+    output = fmt.encode("\n\n".join(PARAGRAPHS) + "\n</think>\n\nThe answer is \\boxed{34}.")
+    output.append(r1_tokenizer.eos_token_id)
+    problem = Problem(id="p", problem="How many apples?", answer="34")
+    trace = build_trace(fmt, problem, 0, prompt, output, [r1_tokenizer.eos_token_id], False)
+    steps = segment_paragraphs(
+        r1_tokenizer, trace.all_ids, trace.reasoning_start, trace.reasoning_end
+    )
+    assert steps[-1].end <= trace.reasoning_end
+    assert all("boxed" not in s.text and "</think>" not in s.text for s in steps)
+    _assert_partition(
+        r1_tokenizer, trace.all_ids, trace.reasoning_start, trace.reasoning_end, steps
+    )
+
+
+def test_empty_reasoning_has_no_steps(r1_tokenizer) -> None:
+    ids = r1_tokenizer.encode("\n\n \n", add_special_tokens=False)
+    assert segment_paragraphs(r1_tokenizer, ids, 0, len(ids)) == []
