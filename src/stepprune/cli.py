@@ -1,0 +1,122 @@
+"""Command-line interface: ``stepprune run ...``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from stepprune.experiment import DEFAULT_THRESHOLDS, RunConfig, run_experiment
+from stepprune.models import ModelLoadError
+from stepprune.problems import DatasetError
+from stepprune.registry import SpecError
+from stepprune.store import RunFolderError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Attention-guided pruning of reasoning steps in chains of thought.",
+)
+
+# Errors that are the user's input, reported as one line with a non-zero exit, no traceback.
+USER_ERRORS = (DatasetError, ModelLoadError, RunFolderError, SpecError, ValueError)
+
+
+def _parse_thresholds(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated numbers") from None
+
+
+@app.callback()
+def main() -> None:
+    """stepprune: score reasoning steps by attention, prune them, measure accuracy vs tokens."""
+
+
+@app.command()
+def run(
+    model: Annotated[
+        str, typer.Option(help="Hub id, local directory, .gguf file, or 'bundled' (SmolLM2-135M).")
+    ] = "bundled",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="aime24 | aime25 | math500 | gsm8k | amc23 | planted | path to a .jsonl "
+            "(id, problem, answer; optional reasoning)."
+        ),
+    ] = "planted",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="STEPPRUNE_DATA_DIR", help="Folder with local copies of the built-in datasets."
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N problems.")] = None,
+    samples: Annotated[int, typer.Option(help="Samples (traces) per problem.")] = 1,
+    thresholds: Annotated[
+        str, typer.Option(help="Pruning thresholds (percentiles as fractions), comma-separated.")
+    ] = ",".join(str(t) for t in DEFAULT_THRESHOLDS),
+    max_new_tokens: Annotated[int, typer.Option(help="Token budget of each trace.")] = 32768,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.6,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Seed of sampling and of the planted set.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    load_in_4bit: Annotated[
+        bool, typer.Option(help="NF4 weights via bitsandbytes (CUDA only; extra 'gpu').")
+    ] = False,
+    scorer: Annotated[
+        str,
+        typer.Option(
+            help="Step scorer spec: attention[:layers=..,agg=..] | random | length | position"
+            " | uniform."
+        ),
+    ] = "attention",
+    policy: Annotated[str, typer.Option(help="Pruning policy spec.")] = "percentile",
+    mode: Annotated[str, typer.Option(help="Re-evaluation mode.")] = "text",
+    answer_max_tokens: Annotated[
+        int, typer.Option(help="Token budget of each re-evaluated answer.")
+    ] = 512,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default runs/<dataset>-<model>).")
+    ] = None,
+) -> None:
+    """Generate traces, score and prune their steps, re-evaluate at each threshold, report."""
+    console = Console(stderr=True)
+    try:
+        config = RunConfig(
+            model=model,
+            dataset=dataset,
+            data_dir=str(data_dir) if data_dir else None,
+            limit=limit,
+            samples=samples,
+            thresholds=_parse_thresholds(thresholds),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            load_in_4bit=load_in_4bit,
+            scorer=scorer,
+            policy=policy,
+            mode=mode,
+            answer_max_tokens=answer_max_tokens,
+            out=str(out) if out else None,
+        )
+        summary, folder = run_experiment(config, console)
+    except USER_ERRORS as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    base = summary["thresholds"].get("0.0") or next(iter(summary["thresholds"].values()))
+    truncation = summary.get("truncation_rate")
+    console.print(
+        f"done: {summary['num_problems']} problems x {summary['samples']} samples, "
+        f"accuracy at {min(config.thresholds)}: {base['accuracy']:.1%}, "
+        f"truncated traces: {truncation if truncation is None else f'{truncation:.0%}'}; "
+        f"results in {folder}/",
+        highlight=False,
+    )

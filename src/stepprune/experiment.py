@@ -1,0 +1,317 @@
+"""The experiment, end to end: generate, segment, score, prune, re-evaluate, grade, report.
+
+    Problem -> Trace -> Steps -> importances -> keep masks -> Answers -> Records -> summary
+
+Each finished trace and its records are appended to the run folder before the next problem
+starts, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import stepprune
+from stepprune.generation import (
+    SamplingConfig,
+    build_trace,
+    generate_outputs,
+    teacher_forced_output,
+)
+from stepprune.grading import Grader
+from stepprune.models import ChatFormat, eos_token_ids, load_model
+from stepprune.problems import dataset_name, load_problems
+from stepprune.pruning import POLICIES, PruningPolicy
+from stepprune.reeval import generate_answers, text_context
+from stepprune.report import (
+    pick_trace_for_plot,
+    plot_importance,
+    print_summary_table,
+    results_markdown,
+    summarize,
+)
+from stepprune.schema import Problem, Record, Trace
+from stepprune.scorers import SCORERS, Scorer
+from stepprune.steps import DEFAULT_MIN_STEP_CHARS, attach_labels, segment_paragraphs
+from stepprune.store import RunStore, write_atomic
+
+DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@dataclass
+class RunConfig:
+    """Every setting of a run; written to ``config.json``."""
+
+    model: str = "bundled"
+    dataset: str = "planted"
+    data_dir: str | None = None
+    limit: int | None = None
+    samples: int = 1
+    thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+    max_new_tokens: int = 32768
+    temperature: float = 0.6
+    top_p: float = 0.95
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    load_in_4bit: bool = False
+    scorer: str = "attention"
+    policy: str = "percentile"
+    mode: str = "text"
+    answer_max_tokens: int = 512
+    min_step_chars: int = DEFAULT_MIN_STEP_CHARS
+    grade_timeout: float = 10.0
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"--samples must be >= 1, got {self.samples}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        if self.answer_max_tokens < 1:
+            raise ValueError(f"--answer-max-tokens must be >= 1, got {self.answer_max_tokens}")
+        if not self.thresholds:
+            raise ValueError("--thresholds: give at least one threshold")
+        for t in self.thresholds:
+            if not 0.0 <= t < 1.0:
+                raise ValueError(f"--thresholds: {t} is outside [0, 1)")
+        if self.mode != "text":
+            raise ValueError(f"--mode {self.mode!r}: only 'text' is implemented")
+        self.thresholds = sorted({float(t) for t in self.thresholds})
+
+    def output_dir(self) -> Path:
+        """``--out``, or ``runs/<dataset>-<model>`` named from the config."""
+        if self.out:
+            return Path(self.out)
+        model = Path(self.model.rstrip("/")).name.removesuffix(".gguf")
+        return Path("runs") / f"{dataset_name(self.dataset)}-{model}"
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that must match to resume in an existing run folder."""
+        keys = ["model", "dataset", "max_new_tokens", "temperature", "top_p", "seed", "scorer"]
+        keys += ["policy", "mode", "answer_max_tokens", "min_step_chars", "load_in_4bit"]
+        return {k: getattr(self, k) for k in keys}
+
+
+def _environment() -> dict[str, str]:
+    return {
+        "stepprune": stepprune.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def _problem_seed(seed: int, problem_id: str) -> int:
+    """Seed of one problem's samples, independent of the order problems run in."""
+    return zlib.crc32(f"{seed}:{problem_id}".encode())
+
+
+class Experiment:
+    """Holds the loaded model and strategies; ``run`` processes a list of problems."""
+
+    def __init__(self, config: RunConfig, console: Console | None = None) -> None:
+        self.config = config
+        self.console = console or Console(stderr=True)
+        self.scorer: Scorer = SCORERS.build(config.scorer)
+        self.policy: PruningPolicy = POLICIES.build(config.policy)
+        self.sampling = SamplingConfig(config.max_new_tokens, config.temperature, config.top_p)
+
+    def load(self) -> None:
+        cfg = self.config
+        started = time.perf_counter()
+        with self.console.status(f"loading model {cfg.model} ..."):
+            self.model, self.tokenizer = load_model(
+                cfg.model, cfg.device, cfg.dtype, cfg.load_in_4bit
+            )
+        self.format = ChatFormat.from_tokenizer(self.tokenizer)
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id
+        kind = "thinking" if self.format.is_thinking else "non-thinking"
+        self.console.print(
+            f"model {cfg.model}: {kind}, {self.model.config.num_hidden_layers} layers, "
+            f"{self.model.device}, {self.model.dtype}, "
+            f"loaded in {time.perf_counter() - started:.0f} s"
+        )
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def make_traces(self, problem: Problem, samples: list[int], grader: Grader) -> list[Trace]:
+        """Generate (or teacher-force) the given samples of a problem; segment, score, grade."""
+        prompt = self.format.prompt_ids(problem.problem)
+        if problem.reasoning is not None:
+            output = teacher_forced_output(self.format, problem, prompt, self.eos_ids[0])
+            outputs = [output] * self.config.samples
+        else:
+            seed = _problem_seed(self.config.seed, problem.id)
+            outputs = generate_outputs(
+                self.model, prompt, self.config.samples, self.sampling, seed, self.pad_id
+            )
+        traces = []
+        for sample in samples:
+            trace = build_trace(
+                self.format,
+                problem,
+                sample,
+                prompt,
+                outputs[sample],
+                self.eos_ids,
+                teacher_forced=problem.reasoning is not None,
+            )
+            trace.steps = segment_paragraphs(
+                self.tokenizer,
+                trace.all_ids,
+                trace.reasoning_start,
+                trace.reasoning_end,
+                self.config.min_step_chars,
+            )
+            attach_labels(trace.steps, problem.step_labels)
+            for step, importance in zip(
+                trace.steps, self.scorer.score(self.model, trace), strict=True
+            ):
+                step.importance = importance
+            trace.scorer = self.scorer.spec
+            grade = grader.grade(problem.answer, trace.original_answer)
+            trace.original_prediction, trace.original_correct = grade.prediction, grade.correct
+            traces.append(trace)
+        return traces
+
+    def make_records(
+        self, problem: Problem, trace: Trace, thresholds: list[float], grader: Grader
+    ) -> list[Record]:
+        """Prune at each threshold and re-evaluate; identical keep masks share one answer."""
+        importances = [s.importance or 0.0 for s in trace.steps]
+        masks = [self.policy.keep(importances, t) for t in thresholds]
+        unique = list(dict.fromkeys(tuple(m) for m in masks))
+        contexts = [text_context(self.format, trace, mask) for mask in unique]
+        answers = generate_answers(
+            self.model,
+            contexts,
+            self.config.answer_max_tokens,
+            self.pad_id,
+            self.eos_ids,
+            box_stop=(self.tokenizer, self.format.answer_cue_text()),
+        )
+        by_mask = dict(zip(unique, zip(contexts, answers, strict=True), strict=True))
+        reasoning_tokens = sum(s.num_tokens for s in trace.steps)
+        reasoning_chars = sum(len(s.text) for s in trace.steps)
+        records = []
+        for threshold, mask in zip(thresholds, masks, strict=True):
+            context, answer = by_mask[tuple(mask)]
+            kept = [s for s, k in zip(trace.steps, mask, strict=True) if k]
+            text = self.format.answer_cue_text() + self.tokenizer.decode(
+                answer.ids, skip_special_tokens=True
+            )
+            grade = grader.grade(problem.answer, text)
+            records.append(
+                Record(
+                    problem_id=trace.problem_id,
+                    sample=trace.sample,
+                    threshold=threshold,
+                    mode=self.config.mode,
+                    scorer=self.scorer.spec,
+                    policy=self.policy.spec,
+                    kept_steps=[s.index for s in kept],
+                    num_steps=len(trace.steps),
+                    steps_kept=len(kept),
+                    reasoning_tokens=reasoning_tokens,
+                    tokens_kept=sum(s.num_tokens for s in kept),
+                    reasoning_chars=reasoning_chars,
+                    chars_kept=sum(len(s.text) for s in kept),
+                    context_tokens=len(context),
+                    answer_text=text,
+                    answer_tokens=len(answer.ids),
+                    answer_truncated=answer.truncated,
+                    gold=problem.answer,
+                    prediction=grade.prediction,
+                    correct=grade.correct,
+                )
+            )
+        return records
+
+    # -- orchestration ------------------------------------------------------------------------
+
+    def run(self, problems: list[Problem], store: RunStore) -> dict[str, Any]:
+        """Process every problem x sample x threshold not yet in ``store``; write the reports."""
+        cfg = self.config
+        columns = [
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        ]
+        total = len(problems) * cfg.samples
+        with (
+            Grader(timeout_s=cfg.grade_timeout) as grader,
+            Progress(*columns, console=self.console, transient=False) as progress,
+        ):
+            task = progress.add_task("problems x samples", total=total)
+            for problem in problems:
+                missing = [s for s in range(cfg.samples) if (problem.id, s) not in store.traces]
+                if missing:
+                    progress.update(task, description=f"{problem.id}: tracing")
+                    for trace in self.make_traces(problem, missing, grader):
+                        store.add_trace(trace)
+                for sample in range(cfg.samples):
+                    trace = store.traces[(problem.id, sample)]
+                    todo = [
+                        t for t in cfg.thresholds if not store.has_record(problem.id, sample, t)
+                    ]
+                    if todo:
+                        progress.update(task, description=f"{problem.id}: re-evaluating")
+                        store.add_records(self.make_records(problem, trace, todo, grader))
+                    progress.advance(task)
+        return self.report(problems, store)
+
+    def report(self, problems: list[Problem], store: RunStore) -> dict[str, Any]:
+        """Write summary.json, results.md and importance.png for the selected units."""
+        cfg = self.config
+        wanted = {(p.id, s) for p in problems for s in range(cfg.samples)}
+        traces = [t for key, t in store.traces.items() if key in wanted]
+        thresholds = {repr(float(t)) for t in cfg.thresholds}
+        records = [
+            r for (pid, s, t), r in store.records.items() if (pid, s) in wanted and t in thresholds
+        ]
+        summary = summarize(records, traces, model=cfg.model, dataset=dataset_name(cfg.dataset))
+        summary["scorer"] = self.scorer.spec
+        summary["policy"] = self.policy.spec
+        summary["mode"] = cfg.mode
+        write_atomic(store.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_atomic(store.out / "results.md", results_markdown(summary))
+        trace = pick_trace_for_plot(traces)
+        if trace is not None:
+            plot_importance(trace, store.out / "importance.png")
+        print_summary_table(summary, self.console)
+        return summary
+
+
+def run_experiment(
+    config: RunConfig, console: Console | None = None
+) -> tuple[dict[str, Any], Path]:
+    """Load problems and model, run everything not yet done in the run folder, report."""
+    console = console or Console(stderr=True)
+    problems = load_problems(
+        config.dataset,
+        Path(config.data_dir) if config.data_dir else None,
+        config.limit,
+        seed=config.seed,
+    )
+    experiment = Experiment(config, console)  # validates scorer and policy before loading
+    out = config.output_dir()
+    run_config = {"config": asdict(config), "environment": _environment()}
+    store = RunStore(out, config.identity(), run_config)
+    experiment.load()
+    summary = experiment.run(problems, store)
+    return summary, out

@@ -1,0 +1,120 @@
+"""The run folder: config, traces and records appended as each unit finishes, so runs resume.
+
+Layout of ``--out``::
+
+    config.json      everything needed to reproduce the run
+    traces.jsonl     one line per problem x sample (prompt/output ids, steps, importances)
+    records.jsonl    one line per problem x sample x threshold
+    summary.json, results.md, importance.png   written at the end of every run
+
+Lines are appended and flushed one by one. A run killed mid-write leaves at most one partial last
+line, which is dropped when the folder is opened again; re-running the same command skips every
+finished unit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from stepprune.schema import Record, Trace
+
+CONFIG_FILE = "config.json"
+TRACES_FILE = "traces.jsonl"
+RECORDS_FILE = "records.jsonl"
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used (different experiment, corrupted file)."""
+
+
+def threshold_key(threshold: float) -> str:
+    """Canonical text of a threshold ("0.0", "0.1"), used in keys and reports."""
+    return repr(float(threshold))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` without ever leaving a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file, dropping (and truncating away) a partial last line left by a kill."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            is_unterminated_tail = number == len(lines) and not raw.endswith(b"\n")
+            if not is_unterminated_tail:
+                raise RunFolderError(f"{path}: line {number}: invalid JSON ({error.msg})") from None
+            with path.open("r+b") as handle:  # cut the partial line so appends stay aligned
+                handle.truncate(len(raw) - len(line))
+    return rows
+
+
+class RunStore:
+    """Append-only access to one run folder.
+
+    ``identity`` holds the settings that define the experiment (model, dataset, sampling,
+    scorer...). Opening an existing folder with a different identity is refused, so results of
+    different experiments never mix; settings outside it (thresholds, samples, limit) may change.
+    """
+
+    def __init__(self, out: Path, identity: dict[str, Any], config: dict[str, Any]) -> None:
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        config_path = out / CONFIG_FILE
+        if config_path.exists():
+            try:
+                previous = json.loads(config_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise RunFolderError(f"{config_path}: invalid JSON ({error.msg})") from None
+            old_identity = previous.get("identity", {})
+            for key, value in identity.items():
+                if key in old_identity and old_identity[key] != value:
+                    raise RunFolderError(
+                        f"{out} holds a run with {key}={old_identity[key]!r}, not {value!r}; "
+                        "use another --out"
+                    )
+        write_atomic(config_path, json.dumps({**config, "identity": identity}, indent=2) + "\n")
+        self.traces: dict[tuple[str, int], Trace] = {}
+        for row in _read_jsonl(out / TRACES_FILE):
+            trace = Trace.from_json(row)
+            self.traces[(trace.problem_id, trace.sample)] = trace
+        self.records: dict[tuple[str, int, str], Record] = {}
+        for row in _read_jsonl(out / RECORDS_FILE):
+            record = Record.from_json(row)
+            self.records[(record.problem_id, record.sample, threshold_key(record.threshold))] = (
+                record
+            )
+
+    def _append(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        with (self.out / name).open("a", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def add_trace(self, trace: Trace) -> None:
+        self._append(TRACES_FILE, [trace.to_json()])
+        self.traces[(trace.problem_id, trace.sample)] = trace
+
+    def add_records(self, records: list[Record]) -> None:
+        self._append(RECORDS_FILE, [r.to_json() for r in records])
+        for r in records:
+            self.records[(r.problem_id, r.sample, threshold_key(r.threshold))] = r
+
+    def has_record(self, problem_id: str, sample: int, threshold: float) -> bool:
+        return (problem_id, sample, threshold_key(threshold)) in self.records
