@@ -109,7 +109,8 @@ def run(
         )
         summary, folder = run_experiment(config, console)
     except USER_ERRORS as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        # Plain echo: a rich console would wrap the message over several lines.
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     base = summary["thresholds"].get("0.0") or next(iter(summary["thresholds"].values()))
     truncation = summary.get("truncation_rate")
@@ -119,4 +120,5 @@ def run(
         f"truncated traces: {truncation if truncation is None else f'{truncation:.0%}'}; "
         f"results in {folder}/",
         highlight=False,
+        soft_wrap=True,
     )

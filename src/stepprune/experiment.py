@@ -44,7 +44,7 @@ from stepprune.report import (
 from stepprune.schema import Problem, Record, Trace
 from stepprune.scorers import SCORERS, Scorer
 from stepprune.steps import DEFAULT_MIN_STEP_CHARS, attach_labels, segment_paragraphs
-from stepprune.store import RunStore, write_atomic
+from stepprune.store import RunStore, threshold_key, write_atomic
 
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -237,6 +237,7 @@ class Experiment:
                     gold=problem.answer,
                     prediction=grade.prediction,
                     correct=grade.correct,
+                    trace_truncated=trace.truncated,
                 )
             )
         return records
@@ -275,15 +276,27 @@ class Experiment:
                     progress.advance(task)
         return self.report(problems, store)
 
+    def warn_truncated(self, traces: list[Trace]) -> None:
+        truncated = [f"{t.problem_id}#{t.sample}" for t in traces if t.truncated]
+        if truncated:
+            self.console.print(
+                f"[yellow]warning:[/yellow] {len(truncated)} trace(s) stopped at --max-new-tokens "
+                f"{self.config.max_new_tokens} before finishing their reasoning (truncated): "
+                f"{', '.join(truncated[:8])}{' ...' if len(truncated) > 8 else ''}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
     def report(self, problems: list[Problem], store: RunStore) -> dict[str, Any]:
         """Write summary.json, results.md and importance.png for the selected units."""
         cfg = self.config
         wanted = {(p.id, s) for p in problems for s in range(cfg.samples)}
         traces = [t for key, t in store.traces.items() if key in wanted]
-        thresholds = {repr(float(t)) for t in cfg.thresholds}
+        thresholds = {threshold_key(t) for t in cfg.thresholds}
         records = [
             r for (pid, s, t), r in store.records.items() if (pid, s) in wanted and t in thresholds
         ]
+        self.warn_truncated(traces)
         summary = summarize(records, traces, model=cfg.model, dataset=dataset_name(cfg.dataset))
         summary["scorer"] = self.scorer.spec
         summary["policy"] = self.policy.spec

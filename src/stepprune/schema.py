@@ -120,6 +120,7 @@ class Record(JsonMixin):
     gold: str
     prediction: str | None
     correct: bool
+    trace_truncated: bool = False
 
     @property
     def steps_kept_pct(self) -> float:

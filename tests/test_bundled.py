@@ -1,0 +1,55 @@
+"""Integration on the real bundled SmolLM2-135M (loads in about 20 s on CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from stepprune.attention import last_token_attention
+from stepprune.cli import app
+from stepprune.models import ChatFormat, load_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model("bundled", device="cpu")
+
+
+def test_scores_on_the_real_model_match_eager(bundled) -> None:
+    model, tokenizer = bundled
+    fmt = ChatFormat.from_tokenizer(tokenizer)
+    ids = fmt.prompt_ids("Tom has 3 boxes of 12 apples. How many apples does he have?")
+    ids += fmt.encode("He has 3 boxes of 12 apples, so 3 × 12 = 36.\n\nThe answer is 36.")
+    rows = last_token_attention(model, ids)
+    model.config._attn_implementation = "eager"
+    try:
+        with torch.inference_mode():
+            attentions = model(torch.tensor([ids]), output_attentions=True).attentions
+    finally:
+        model.config._attn_implementation = "sdpa"
+    reference = torch.stack([a[0, :, -1, :].mean(dim=0) for a in attentions])
+    assert rows.shape == (30, len(ids))
+    assert (rows - reference).abs().max().item() < 1e-5
+
+
+def test_run_on_the_embedded_default(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["run", "--limit", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * 1 * 6
+    traces = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
+    assert all(t["steps"] and t["original_correct"] for t in traces)
+    # The model answers every context (the cue opens a box it closes), and grading extracts it.
+    assert all(r["answer_text"].startswith("The answer is \\boxed{") for r in records)
+    assert sum(r["prediction"] is not None for r in records) >= len(records) // 2
+    kept = {r["threshold"]: r["tokens_kept"] for r in records if r["problem_id"] == "planted-000"}
+    assert kept[0.0] == sum(s["end"] - s["start"] for s in traces[0]["steps"])
+    assert kept[0.5] < kept[0.0]
+    assert (out / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
