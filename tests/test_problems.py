@@ -356,3 +356,8 @@ def test_dataset_name() -> None:
     assert dataset_name("gsm8k") == "gsm8k"
     assert dataset_name("planted") == "planted"
     assert dataset_name("some/dir/my_traces.jsonl") == "my_traces"
+
+
+def test_missing_data_dir_is_an_error_not_a_hub_fallback(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no such folder"):
+        load_problems("aime24", data_dir=tmp_path / "typo")

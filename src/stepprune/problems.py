@@ -247,6 +247,9 @@ def _load_builtin(name: str, data_dir: Path | None) -> list[Problem]:
     if data_dir is None and os.environ.get(DATA_DIR_ENV):
         data_dir = Path(os.environ[DATA_DIR_ENV])
     if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            # A mistyped folder must not silently fall back to the hub.
+            raise DatasetError(f"data dir {data_dir}: no such folder")
         local = Path(data_dir) / info.filename
         if local.is_file():
             return load_jsonl(local)
