@@ -30,11 +30,19 @@ class AttentionCapture:
     ``query_positions`` index the queries of the captured forward call (negative values count from
     its end). After the forward, ``rows[layer]`` has shape ``(queries, keys)`` (mean over heads),
     or ``(heads, queries, keys)`` when ``per_head`` is set; float32, on the model's device.
+
+    With ``key_buckets`` (one bucket id per key position, ``(keys,)`` long tensor), each row is
+    summed per bucket on the fly instead: ``rows[layer]`` is ``(heads, queries, num_buckets)``.
+    This is how step scores stay O(layers x heads x queries x steps) at any trace length.
     """
 
     query_positions: Sequence[int]
     per_head: bool = False
+    key_buckets: torch.Tensor | None = None
+    num_buckets: int = 0
     rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    # Queries per block: bounds the transient (heads x block x keys) float32 logits.
+    query_block: int = 64
 
     def stacked(self) -> torch.Tensor:
         """All layers in layer order: ``(layers, queries, keys)`` or ``(layers, heads, q, k)``."""
@@ -60,11 +68,29 @@ class AttentionCapture:
         """
         if query.shape[0] != 1:
             raise ValueError(f"attention capture needs batch size 1, got {query.shape[0]}")
-        _, num_heads, q_len, head_dim = query.shape
-        kv_heads, k_len = key.shape[1], key.shape[2]
+        q_len = query.shape[2]
         positions = torch.tensor(
             [p if p >= 0 else q_len + p for p in self.query_positions], device=query.device
         )
+        blocks = [
+            self._rows(query, key, attention_mask, scaling, block)
+            for block in positions.split(self.query_block)
+        ]
+        rows = torch.cat(blocks, dim=1)  # (heads, sel, keys or buckets)
+        layer = int(getattr(module, "layer_idx", len(self.rows)))
+        self.rows[layer] = rows if self.per_head or self.key_buckets is not None else rows.mean(0)
+
+    def _rows(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """Softmax rows ``(heads, len(positions), keys)``, or bucket sums of them."""
+        _, num_heads, q_len, head_dim = query.shape
+        kv_heads, k_len = key.shape[1], key.shape[2]
         selected = query[0, :, positions, :].float()  # (heads, sel, head_dim)
         groups = num_heads // kv_heads
         # Grouped-query attention: fold the query heads of a group together instead of repeating
@@ -86,8 +112,10 @@ class AttentionCapture:
             else:
                 logits = logits + mask_rows.float()
         probs = torch.softmax(logits, dim=-1)
-        layer = int(getattr(module, "layer_idx", len(self.rows)))
-        self.rows[layer] = probs if self.per_head else probs.mean(dim=0)
+        if self.key_buckets is None:
+            return probs
+        sums = probs.new_zeros(num_heads, len(positions), self.num_buckets)
+        return sums.index_add_(2, self.key_buckets.to(probs.device)[:k_len], probs)
 
 
 _ACTIVE: contextvars.ContextVar[AttentionCapture | None] = contextvars.ContextVar(
@@ -138,14 +166,23 @@ def _configs(model: PreTrainedModel) -> list:
 
 @contextlib.contextmanager
 def capture_attention(
-    model: PreTrainedModel, query_positions: Sequence[int], per_head: bool = False
+    model: PreTrainedModel,
+    query_positions: Sequence[int],
+    per_head: bool = False,
+    key_buckets: torch.Tensor | None = None,
+    num_buckets: int = 0,
 ) -> Iterator[AttentionCapture]:
     """Within the block, forward passes of ``model`` record attention rows of ``query_positions``.
 
     The model must run with batch size 1. The original attention implementation is restored on
-    exit, even on error.
+    exit, even on error. See ``AttentionCapture`` for ``key_buckets``.
     """
-    capture = AttentionCapture(query_positions=list(query_positions), per_head=per_head)
+    capture = AttentionCapture(
+        query_positions=list(query_positions),
+        per_head=per_head,
+        key_buckets=key_buckets,
+        num_buckets=num_buckets,
+    )
     configs = _configs(model)
     previous = [c._attn_implementation for c in configs]
     token = _ACTIVE.set(capture)

@@ -179,7 +179,9 @@ class Experiment:
             )
             attach_labels(trace.steps, problem.step_labels)
             for step, importance in zip(
-                trace.steps, self.scorer.score(self.model, trace), strict=True
+                trace.steps,
+                self.scorer.score(self.model, trace, self.format, problem.answer),
+                strict=True,
             ):
                 step.importance = importance
             trace.scorer = self.scorer.spec

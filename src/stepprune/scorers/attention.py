@@ -1,0 +1,206 @@
+"""The attention scorer: how much attention query tokens pay to each reasoning step.
+
+Spec options (``attention:query=probe,layers=first-half,heads=receiver,agg=mean,sink=exclude``):
+
+- ``query``: ``last`` (the last token of prompt + output: the original notebook's choice),
+  ``answer`` (every token from ``</think>`` to the end of the answer), or ``probe`` (Think
+  Clearly's "Time is up ..." instruction and the end-of-thinking cue, appended after the
+  reasoning for this forward pass only, so the probe never enters any later context).
+- ``layers``: ``all``, ``first-half``, ``last-half``, or explicit indices ``0+3+7``.
+- ``heads``: ``mean``, ``max``, or ``receiver``: the ``receivers`` heads (default 8) whose
+  attention over the steps is most concentrated (lowest entropy), chosen per trace.
+- ``agg``: ``sum`` over a step's tokens (tracks step length), or ``mean``.
+- ``sink``: ``keep``, or ``exclude``: renormalise each head's row without the first
+  ``sink_tokens`` positions (attention sinks) and the separator tokens between steps.
+
+Rows are reduced to per-step sums while they are computed (``AttentionCapture.key_buckets``):
+extra memory is O(layers x heads x queries x steps), never tokens squared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from stepprune.attention import capture_attention
+from stepprune.models import ChatFormat
+from stepprune.registry import SpecError
+from stepprune.schema import Trace
+from stepprune.scorers.base import SCORERS, normalise, require
+
+QUERIES = ("last", "answer", "probe")
+HEADS = ("mean", "max", "receiver")
+AGGREGATIONS = ("sum", "mean")
+SINKS = ("keep", "exclude")
+DEFAULT_PROBE = (
+    "Time is up. Given the time I've spent and the approaches I've tried, I should stop "
+    "thinking and now write a summary of my reasoning."
+)
+
+
+def key_buckets(trace: Trace, total_len: int, sink_tokens: int) -> tuple[torch.Tensor, int]:
+    """Bucket id of every key position: step index ``0..S-1``, ``S`` for the first
+    ``sink_tokens`` positions, ``S+1`` for separators inside the reasoning, ``S+2`` for the rest
+    (prompt, answer, probe). Returns ``(buckets (total_len,), S + 3)``."""
+    n_steps = len(trace.steps)
+    buckets = torch.full((total_len,), n_steps + 2, dtype=torch.long)
+    buckets[trace.reasoning_start : min(trace.reasoning_end, total_len)] = n_steps + 1
+    for step in trace.steps:
+        buckets[step.start : step.end] = step.index
+    buckets[: min(sink_tokens, total_len)] = n_steps
+    return buckets, n_steps + 3
+
+
+@torch.inference_mode()
+def step_attention_mass(
+    model: PreTrainedModel,
+    ids: list[int],
+    query_positions: list[int],
+    buckets: torch.Tensor,
+    num_buckets: int,
+) -> torch.Tensor:
+    """Attention mass of each query on each key bucket, per layer and head.
+
+    One forward pass over ``ids`` (no cache kept; logits for the last position only).
+
+    Returns:
+        float32 ``(layers, heads, len(query_positions), num_buckets)`` on the CPU.
+    """
+    input_ids = torch.tensor([ids], device=model.device)
+    with capture_attention(
+        model, query_positions, key_buckets=buckets.to(model.device), num_buckets=num_buckets
+    ) as capture:
+        model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+    return capture.stacked().cpu()
+
+
+def select_receiver_heads(head_step_mass: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    """The ``k`` (layer, head) pairs whose attention over steps is most concentrated.
+
+    Args:
+        head_step_mass: ``(layers, heads, steps)`` non-negative attention mass per step.
+
+    Concentration is low entropy of the head's distribution over steps: a receiver head puts
+    its attention on a few steps, a diffuse head spreads it.
+    """
+    dist = head_step_mass / head_step_mass.sum(-1, keepdim=True).clamp_min(1e-12)
+    entropy = -(dist * dist.clamp_min(1e-12).log()).sum(-1)  # (layers, heads)
+    order = torch.argsort(entropy.flatten())[: min(k, entropy.numel())]
+    heads = entropy.shape[1]
+    return [(int(i) // heads, int(i) % heads) for i in order]
+
+
+def _parse_layers(spec: str, num_layers: int) -> list[int]:
+    half = num_layers // 2
+    if spec == "all":
+        return list(range(num_layers))
+    if spec == "first-half":
+        return list(range(half))
+    if spec == "last-half":
+        return list(range(half, num_layers))
+    layers = [int(x) for x in spec.split("+")]
+    bad = [x for x in layers if not 0 <= x < num_layers]
+    if bad:
+        raise SpecError(f"attention: layers {bad} outside 0..{num_layers - 1}")
+    return layers
+
+
+@SCORERS.register("attention")
+@dataclass(frozen=True)
+class AttentionScorer:
+    """Attention paid by query tokens to each step; see the module docstring for options."""
+
+    query: str = "last"
+    layers: str = "all"
+    heads: str = "mean"
+    agg: str = "sum"
+    sink: str = "keep"
+    receivers: int = 8
+    sink_tokens: int = 4
+    probe: str = DEFAULT_PROBE
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("query", QUERIES),
+            ("heads", HEADS),
+            ("agg", AGGREGATIONS),
+            ("sink", SINKS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise SpecError(f"attention: {name}={getattr(self, name)!r}; choose from {allowed}")
+        fixed = {"all", "first-half", "last-half"}
+        if self.layers not in fixed and not all(x.isdigit() for x in self.layers.split("+")):
+            raise SpecError(
+                f"attention: layers={self.layers!r}; use all, first-half, last-half or 0+3+7"
+            )
+        for name in ("receivers", "sink_tokens"):
+            try:
+                object.__setattr__(self, name, int(getattr(self, name)))
+            except ValueError:
+                raise SpecError(
+                    f"attention: {name}={getattr(self, name)!r} is not an integer"
+                ) from None
+
+    @property
+    def spec(self) -> str:
+        parts = [f"query={self.query}", f"layers={self.layers}", f"heads={self.heads}"]
+        if self.heads == "receiver":
+            parts.append(f"receivers={self.receivers}")
+        parts += [f"agg={self.agg}", f"sink={self.sink}"]
+        if self.sink == "exclude":
+            parts.append(f"sink_tokens={self.sink_tokens}")
+        return "attention:" + ",".join(parts)
+
+    def _queries(self, trace: Trace, fmt: ChatFormat | None) -> tuple[list[int], list[int]]:
+        """The ids of the forward pass and the query positions within it."""
+        ids = trace.all_ids
+        if self.query == "last":
+            return ids, [len(ids) - 1]
+        if self.query == "answer":
+            positions = list(range(trace.reasoning_end, len(ids)))
+            return ids, positions or [len(ids) - 1]  # a truncated trace has no answer span
+        fmt = require(fmt, "the chat format (tokenizer) for its probe", self.spec)
+        probe = fmt.encode(f"\n\n{self.probe}\n") + fmt.answer_cue_ids()
+        prefix = ids[: trace.reasoning_end]
+        return prefix + probe, list(range(len(prefix), len(prefix) + len(probe)))
+
+    def step_mass(
+        self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat | None = None
+    ) -> torch.Tensor:
+        """Per-step attention ``(layers, heads, queries, steps)``, after sink handling and
+        step aggregation, before any layer/head/query reduction."""
+        ids, positions = self._queries(trace, fmt)
+        buckets, num_buckets = key_buckets(trace, len(ids), self.sink_tokens)
+        mass = step_attention_mass(model, ids, positions, buckets, num_buckets).double()
+        n = len(trace.steps)
+        steps = mass[..., :n]
+        if self.sink == "exclude":
+            kept_total = mass.sum(-1) - mass[..., n] - mass[..., n + 1]
+            steps = steps / kept_total.clamp_min(1e-12).unsqueeze(-1)
+        if self.agg == "mean":
+            lengths = torch.tensor([s.num_tokens for s in trace.steps], dtype=steps.dtype)
+            steps = steps / lengths
+        return steps
+
+    def score(
+        self,
+        model: PreTrainedModel,
+        trace: Trace,
+        fmt: ChatFormat | None = None,
+        gold: str | None = None,
+    ) -> list[float]:
+        if not trace.steps:
+            return []
+        steps = self.step_mass(model, trace, fmt)
+        steps = steps[_parse_layers(self.layers, steps.shape[0])]  # (layers', heads, q, steps)
+        if self.heads == "mean":
+            per_layer = steps.mean(1)
+        elif self.heads == "max":
+            per_layer = steps.max(1).values
+        else:
+            chosen = select_receiver_heads(steps.mean(2), self.receivers)
+            per_layer = torch.stack([steps[layer, head] for layer, head in chosen])
+        return normalise(per_layer.mean(0).mean(0).numpy().astype(np.float64))
