@@ -109,3 +109,29 @@ def test_bad_jsonl_line_is_named(tmp_path: Path) -> None:
     data.write_text('{"id": "a", "problem": "p", "answer": "1"}\n{"id": "b", "problem": \n')
     code, output = _run("--dataset", str(data), "--out", str(tmp_path / "out"))
     assert code == 2 and "bad.jsonl, line 2: invalid JSON" in output
+
+
+@pytest.mark.parametrize(
+    ("scorer", "policy", "segmenter"),
+    [
+        ("ablation", "adaptive", "markers"),
+        ("attention:query=probe,heads=receiver,receivers=2,sink=exclude", "percentile", "sentence"),
+        ("random:seed=3", "percentile", "paragraph"),
+    ],
+)
+def test_run_accepts_every_kind_of_scorer(
+    scorer: str, policy: str, segmenter: str, tiny_r1_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    code, output = _run(
+        "--model", str(tiny_r1_dir), "--limit", "2", "--thresholds", "0,0.5", "--out", str(out),
+        "--scorer", scorer, "--policy", policy, "--segmenter", segmenter,
+    )  # fmt: skip
+    assert code == 0, output
+    records = _lines(out / "records.jsonl")
+    assert len(records) == 4
+    spec = records[0]["scorer"]
+    assert spec.split(":")[0] == scorer.split(":")[0] and {r["scorer"] for r in records} == {spec}
+    assert {r["policy"] for r in records} == {policy}
+    traces = _lines(out / "traces.jsonl")
+    assert all(abs(sum(s["importance"] for s in t["steps"]) - 1) < 1e-6 for t in traces)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stepprune.pruning import POLICIES, PercentilePolicy
+from stepprune.pruning import POLICIES, PercentilePolicy, normalised_entropy
 from stepprune.registry import SpecError
 
 policy = PercentilePolicy()
@@ -63,3 +63,19 @@ def test_registry_builds_by_name_and_rejects_unknown() -> None:
     assert isinstance(POLICIES.build("percentile"), PercentilePolicy)
     with pytest.raises(SpecError, match="unknown pruning policy 'nope'"):
         POLICIES.build("nope")
+
+
+def test_adaptive_prunes_more_when_importance_is_concentrated() -> None:
+    adaptive = POLICIES.build("adaptive")
+    concentrated = [0.91, 0.03, 0.03, 0.03]
+    diffuse = [0.26, 0.24, 0.25, 0.25]
+    assert normalised_entropy(diffuse) > 0.99 and normalised_entropy(concentrated) < 0.3
+    assert adaptive.keep(diffuse, 0.5) == [True] * 4
+    # Entropy ~0.28 would keep 2 of 4; the threshold caps pruning at half: keep 2.
+    assert adaptive.keep(concentrated, 0.5) == [True, True, False, False]
+    # A tighter cap keeps more.
+    assert sum(adaptive.keep(concentrated, 0.2)) == 4  # ceil(0.8 * 4)
+    assert adaptive.keep(concentrated, 0.0) == [True] * 4
+    # Fairly diffuse scores (entropy 0.94) keep all 3 steps even under a loose cap.
+    assert adaptive.keep([0.2, 0.5, 0.3], 0.9) == [True] * 3
+    assert adaptive.keep([0.98, 0.01, 0.01], 0.9) == [True, False, False]

@@ -81,3 +81,23 @@ def test_answer_section_is_never_a_step(r1_tokenizer) -> None:
 def test_empty_reasoning_has_no_steps(r1_tokenizer) -> None:
     ids = r1_tokenizer.encode("\n\n \n", add_special_tokens=False)
     assert segment_paragraphs(r1_tokenizer, ids, 0, len(ids)) == []
+
+
+def test_marker_and_sentence_segmentation(r1_tokenizer) -> None:
+    text = (
+        "We need 3 × 12 = 36 apples. Wait, he gave 7 away so 36 − 7 = 29.\n"
+        "So the total is 29 + 5 = 34 apples. Sorry-looking words like Sowing stay inside.\n\n"
+        "Therefore the answer is 34. The value 3.5 is irrelevant here."
+    )
+    ids = r1_tokenizer.encode(text, add_special_tokens=False)
+    markers = segment_paragraphs(r1_tokenizer, ids, 0, len(ids), min_chars=5, mode="markers")
+    _assert_partition(r1_tokenizer, ids, 0, len(ids), markers)
+    starts = [s.text.lstrip()[:12] for s in markers]
+    assert starts == ["We need 3 × ", "Wait, he gav", "So the total", "Therefore th"]
+    sentences = segment_paragraphs(r1_tokenizer, ids, 0, len(ids), min_chars=5, mode="sentence")
+    _assert_partition(r1_tokenizer, ids, 0, len(ids), sentences)
+    assert [s.text.strip() for s in sentences][-2:] == [
+        "Therefore the answer is 34.",
+        "The value 3.5 is irrelevant here.",
+    ]
+    assert len(sentences) == 6

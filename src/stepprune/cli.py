@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,7 @@ import typer
 from rich.console import Console
 
 from stepprune.experiment import DEFAULT_THRESHOLDS, RunConfig, run_experiment
-from stepprune.models import ModelLoadError
+from stepprune.models import ModelLoadError, load_model
 from stepprune.problems import DatasetError
 from stepprune.registry import SpecError
 from stepprune.store import RunFolderError
@@ -29,6 +30,10 @@ def _parse_thresholds(text: str) -> list[float]:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise typer.BadParameter(f"{text!r}: expected comma-separated numbers") from None
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print measured ratios.")
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()
@@ -71,11 +76,17 @@ def run(
     scorer: Annotated[
         str,
         typer.Option(
-            help="Step scorer spec: attention[:layers=..,agg=..] | random | length | position"
+            help="Step scorer spec: attention[:query=last|answer|probe,layers=..,heads=mean|max|"
+            "receiver,agg=sum|mean,sink=keep|exclude] | ablation | random | length | position"
             " | uniform."
         ),
     ] = "attention",
-    policy: Annotated[str, typer.Option(help="Pruning policy spec.")] = "percentile",
+    policy: Annotated[
+        str, typer.Option(help="Pruning policy: percentile | adaptive (TRAAC).")
+    ] = "percentile",
+    segmenter: Annotated[
+        str, typer.Option(help="Step boundaries: paragraph | sentence | markers.")
+    ] = "paragraph",
     mode: Annotated[str, typer.Option(help="Re-evaluation mode.")] = "text",
     answer_max_tokens: Annotated[
         int, typer.Option(help="Token budget of each re-evaluated answer.")
@@ -103,6 +114,7 @@ def run(
             load_in_4bit=load_in_4bit,
             scorer=scorer,
             policy=policy,
+            segmenter=segmenter,
             mode=mode,
             answer_max_tokens=answer_max_tokens,
             out=str(out) if out else None,
@@ -122,3 +134,35 @@ def run(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _print_json_or_table(data: object, as_json: bool, console: Console) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        console.print_json(json.dumps(data))
+
+
+@bench_app.command("scoring")
+def bench_scoring(
+    tokens: Annotated[int, typer.Option(help="Sequence length N.")] = 1024,
+    model: Annotated[str, typer.Option(help="Model (default: the bundled SmolLM2).")] = "bundled",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    repeats: Annotated[int, typer.Option(help="Timed repeats (median).")] = 3,
+    eager_limit_gb: Annotated[
+        float, typer.Option(help="Run eager only if its attention weights fit in this (GiB).")
+    ] = 8.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Exactness, time and peak memory of attention scoring vs a plain forward and eager."""
+    from stepprune.bench_scoring import run_scoring_bench
+
+    console = Console(stderr=True)
+    try:
+        loaded, tokenizer = load_model(model, device, dtype)
+        result = run_scoring_bench(loaded, tokenizer, tokens, repeats, eager_limit_gb)
+    except USER_ERRORS as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    _print_json_or_table(result.to_json(), as_json, console)

@@ -43,7 +43,12 @@ from stepprune.report import (
 )
 from stepprune.schema import Problem, Record, Trace
 from stepprune.scorers import SCORERS, Scorer
-from stepprune.steps import DEFAULT_MIN_STEP_CHARS, attach_labels, segment_paragraphs
+from stepprune.steps import (
+    DEFAULT_MIN_STEP_CHARS,
+    SEGMENTERS,
+    attach_labels,
+    segment_paragraphs,
+)
 from stepprune.store import RunStore, threshold_key, write_atomic
 
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -71,6 +76,7 @@ class RunConfig:
     mode: str = "text"
     answer_max_tokens: int = 512
     min_step_chars: int = DEFAULT_MIN_STEP_CHARS
+    segmenter: str = "paragraph"
     grade_timeout: float = 10.0
     out: str | None = None
 
@@ -86,6 +92,8 @@ class RunConfig:
         for t in self.thresholds:
             if not 0.0 <= t < 1.0:
                 raise ValueError(f"--thresholds: {t} is outside [0, 1)")
+        if self.segmenter not in SEGMENTERS:
+            raise ValueError(f"--segmenter {self.segmenter!r}: choose from {', '.join(SEGMENTERS)}")
         if self.mode != "text":
             raise ValueError(f"--mode {self.mode!r}: only 'text' is implemented")
         self.thresholds = sorted({float(t) for t in self.thresholds})
@@ -100,7 +108,8 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """Settings that must match to resume in an existing run folder."""
         keys = ["model", "dataset", "max_new_tokens", "temperature", "top_p", "seed", "scorer"]
-        keys += ["policy", "mode", "answer_max_tokens", "min_step_chars", "load_in_4bit"]
+        keys += ["policy", "mode", "answer_max_tokens", "min_step_chars", "segmenter"]
+        keys += ["load_in_4bit"]
         return {k: getattr(self, k) for k in keys}
 
 
@@ -176,6 +185,7 @@ class Experiment:
                 trace.reasoning_start,
                 trace.reasoning_end,
                 self.config.min_step_chars,
+                self.config.segmenter,
             )
             attach_labels(trace.steps, problem.step_labels)
             for step, importance in zip(

@@ -48,3 +48,43 @@ class PercentilePolicy:
         keep = scores >= cutoff
         keep[int(np.argmax(scores))] = True
         return keep.tolist()
+
+
+def normalised_entropy(importances: Sequence[float]) -> float:
+    """Entropy of the importance distribution divided by its maximum, log(steps): 1 for
+    uniform scores, near 0 when one step holds all the importance."""
+    p = np.asarray(importances, dtype=float)
+    if p.size <= 1:
+        return 1.0
+    p = p / p.sum() if p.sum() > 0 else np.full(p.size, 1.0 / p.size)
+    nonzero = p[p > 0]
+    return float(-(nonzero * np.log(nonzero)).sum() / np.log(p.size))
+
+
+@POLICIES.register("adaptive")
+@dataclass(frozen=True)
+class AdaptivePolicy:
+    """TRAAC's adaptive rule: the keep fraction follows the normalised entropy of the scores.
+
+    Diffuse importance (entropy near 1) means every step carries something, so little is pruned;
+    concentrated importance means few steps matter, so more are pruned. The threshold caps the
+    pruned fraction: ``keep = max(H, 1 - threshold)`` of the steps, rounded up, the
+    highest-scoring ones (earlier steps win ties). Threshold 0 keeps everything.
+    """
+
+    @property
+    def spec(self) -> str:
+        return "adaptive"
+
+    def keep(self, importances: Sequence[float], threshold: float) -> list[bool]:
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"adaptive threshold must be in [0, 1), got {threshold}")
+        scores = np.asarray(importances, dtype=float)
+        if scores.size == 0:
+            return []
+        fraction = max(normalised_entropy(scores), 1.0 - threshold)
+        count = max(1, int(np.ceil(fraction * scores.size - 1e-9)))
+        order = np.argsort(-scores, kind="stable")[:count]
+        keep = np.zeros(scores.size, dtype=bool)
+        keep[order] = True
+        return keep.tolist()

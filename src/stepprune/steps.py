@@ -16,6 +16,25 @@ from stepprune.schema import Step
 # Steps shorter than this (non-space characters) are merged into the next step: a lone "Wait,"
 # or "**Step 2**" paragraph carries no reasoning of its own.
 DEFAULT_MIN_STEP_CHARS = 10
+SEGMENTERS = ("paragraph", "sentence", "markers")
+# Words that open a new thought in reasoning traces (TRAAC splits steps at such markers).
+DISCOURSE_MARKERS = (
+    "Wait",
+    "But",
+    "So",
+    "Therefore",
+    "Thus",
+    "Hmm",
+    "Alternatively",
+    "However",
+    "Let me",
+    "Now",
+    "Then",
+    "Okay",
+    "First",
+    "Next",
+    "Finally",
+)
 
 
 def token_texts(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
@@ -33,6 +52,36 @@ def paragraph_breaks(texts: list[str]) -> list[bool]:
     for i, text in enumerate(texts):
         following = texts[i + 1] if i + 1 < len(texts) else ""
         breaks.append("\n\n" in text or (text.endswith("\n") and following.startswith("\n")))
+    return breaks
+
+
+def _sentence_breaks(texts: list[str]) -> list[bool]:
+    """Paragraph breaks, plus a break after a token ending a sentence (``.?!`` followed by a
+    token that starts with whitespace: "3.5" or "e.g.x" do not end sentences)."""
+    breaks = paragraph_breaks(texts)
+    for i, text in enumerate(texts[:-1]):
+        following = texts[i + 1]
+        if text.rstrip().endswith((".", "?", "!")) and (
+            following[:1].isspace() or text[-1].isspace()
+        ):
+            breaks[i] = True
+    return breaks
+
+
+def _marker_breaks(texts: list[str]) -> list[bool]:
+    """Paragraph breaks, plus a break before a discourse marker that starts a word after a
+    sentence end or a line break (word boundary on both sides: "Sow" and "Sorry" do not match)."""
+    breaks = paragraph_breaks(texts)
+    for i in range(len(texts) - 1):
+        before = texts[i].rstrip(" ")
+        if not before or not (before.endswith(("\n", ".", "?", "!", ":")) or breaks[i]):
+            continue
+        ahead = "".join(texts[i + 1 : i + 5]).lstrip()
+        for marker in DISCOURSE_MARKERS:
+            rest = ahead[len(marker) : len(marker) + 1]
+            if ahead.startswith(marker) and not rest.isalpha():
+                breaks[i] = True
+                break
     return breaks
 
 
@@ -90,19 +139,29 @@ def segment_paragraphs(
     start: int,
     end: int,
     min_chars: int = DEFAULT_MIN_STEP_CHARS,
+    mode: str = "paragraph",
 ) -> list[Step]:
-    """Split the reasoning ``all_ids[start:end]`` into paragraph steps.
+    """Split the reasoning ``all_ids[start:end]`` into steps.
 
-    A paragraph ends at a token containing a blank line. Leading and trailing whitespace-only
-    tokens of a paragraph are separators; short paragraphs are merged forward.
+    ``mode``: ``paragraph`` (a step ends at a token containing a blank line), ``sentence``
+    (also at sentence ends), or ``markers`` (also before discourse markers such as "Wait" or
+    "Therefore" that open a sentence or line). Leading and trailing whitespace-only tokens of a
+    step are separators; short steps are merged forward.
 
     Returns:
         Steps with absolute spans into ``all_ids`` in order, non-overlapping, with
         ``importance`` unset.
     """
+    finders = {
+        "paragraph": paragraph_breaks,
+        "sentence": _sentence_breaks,
+        "markers": _marker_breaks,
+    }
+    if mode not in finders:
+        raise ValueError(f"segmenter {mode!r}: choose from {', '.join(SEGMENTERS)}")
     region = list(all_ids[start:end])
     texts = token_texts(tokenizer, region)
-    stripped = [s for c in _chunk_spans(paragraph_breaks(texts)) if (s := _strip_blank(texts, *c))]
+    stripped = [s for c in _chunk_spans(finders[mode](texts)) if (s := _strip_blank(texts, *c))]
     spans = _merge_short(stripped, texts, min_chars)
     return [
         Step(index=i, start=start + a, end=start + b, text=tokenizer.decode(region[a:b]))
