@@ -40,12 +40,14 @@ class AttentionCapture:
     per_head: bool = False
     key_buckets: torch.Tensor | None = None
     num_buckets: int = 0
+    layers: frozenset[int] | None = None
     rows: dict[int, torch.Tensor] = field(default_factory=dict)
     # Queries per block: bounds the transient (heads x block x keys) float32 logits.
     query_block: int = 64
 
     def stacked(self) -> torch.Tensor:
-        """All layers in layer order: ``(layers, queries, keys)`` or ``(layers, heads, q, k)``."""
+        """Recorded layers in layer order: ``(layers, queries, keys)`` or
+        ``(layers, heads, q, k)``."""
         if not self.rows:
             raise RuntimeError("no attention was captured: did the forward pass run?")
         return torch.stack([self.rows[i] for i in sorted(self.rows)])
@@ -66,6 +68,9 @@ class AttentionCapture:
             attention_mask: ``None`` (plain causal), boolean ``(1, 1, q_len, k_len)`` with True
                 meaning "may attend", or additive float of the same shape.
         """
+        layer = int(getattr(module, "layer_idx", len(self.rows)))
+        if self.layers is not None and layer not in self.layers:
+            return
         if query.shape[0] != 1:
             raise ValueError(f"attention capture needs batch size 1, got {query.shape[0]}")
         q_len = query.shape[2]
@@ -77,7 +82,6 @@ class AttentionCapture:
             for block in positions.split(self.query_block)
         ]
         rows = torch.cat(blocks, dim=1)  # (heads, sel, keys or buckets)
-        layer = int(getattr(module, "layer_idx", len(self.rows)))
         self.rows[layer] = rows if self.per_head or self.key_buckets is not None else rows.mean(0)
 
     def _rows(
@@ -171,17 +175,20 @@ def capture_attention(
     per_head: bool = False,
     key_buckets: torch.Tensor | None = None,
     num_buckets: int = 0,
+    layers: Sequence[int] | None = None,
 ) -> Iterator[AttentionCapture]:
     """Within the block, forward passes of ``model`` record attention rows of ``query_positions``.
 
     The model must run with batch size 1. The original attention implementation is restored on
-    exit, even on error. See ``AttentionCapture`` for ``key_buckets``.
+    exit, even on error. See ``AttentionCapture`` for ``key_buckets``; ``layers`` restricts
+    recording to those layer indices (e.g. the full-attention layers of a hybrid model).
     """
     capture = AttentionCapture(
         query_positions=list(query_positions),
         per_head=per_head,
         key_buckets=key_buckets,
         num_buckets=num_buckets,
+        layers=None if layers is None else frozenset(layers),
     )
     configs = _configs(model)
     previous = [c._attn_implementation for c in configs]

@@ -87,7 +87,23 @@ def run(
     segmenter: Annotated[
         str, typer.Option(help="Step boundaries: paragraph | sentence | markers.")
     ] = "paragraph",
-    mode: Annotated[str, typer.Option(help="Re-evaluation mode.")] = "text",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="text (re-prompt with kept steps) | kv (answer from a pruned KV cache) | "
+            "online (evict steps during generation, Think Clearly)."
+        ),
+    ] = "text",
+    positions: Annotated[
+        str, typer.Option(help="kv mode: original positions (gaps) | rerotate kept keys.")
+    ] = "original",
+    interval: Annotated[
+        int, typer.Option(help="online mode: check every N tokens (0 = at paragraph ends).")
+    ] = 0,
+    budget: Annotated[
+        int | None,
+        typer.Option(help="online mode: evict lowest-scoring steps to keep at most N entries."),
+    ] = None,
     answer_max_tokens: Annotated[
         int, typer.Option(help="Token budget of each re-evaluated answer.")
     ] = 512,
@@ -116,6 +132,9 @@ def run(
             policy=policy,
             segmenter=segmenter,
             mode=mode,
+            positions=positions,
+            interval=interval,
+            budget=budget,
             answer_max_tokens=answer_max_tokens,
             out=str(out) if out else None,
         )

@@ -30,10 +30,13 @@ from stepprune.generation import (
     teacher_forced_output,
 )
 from stepprune.grading import Grader
+from stepprune.kvcache import POSITION_SCHEMES
 from stepprune.models import ChatFormat, eos_token_ids, load_model
+from stepprune.online import OnlineConfig, OnlinePruner
 from stepprune.problems import dataset_name, load_problems
 from stepprune.pruning import POLICIES, PruningPolicy
 from stepprune.reeval import generate_answers, text_context
+from stepprune.reeval_kv import kv_answers
 from stepprune.report import (
     pick_trace_for_plot,
     plot_importance,
@@ -41,7 +44,7 @@ from stepprune.report import (
     results_markdown,
     summarize,
 )
-from stepprune.schema import Problem, Record, Trace
+from stepprune.schema import Problem, Record, Step, Trace
 from stepprune.scorers import SCORERS, Scorer
 from stepprune.steps import (
     DEFAULT_MIN_STEP_CHARS,
@@ -52,6 +55,9 @@ from stepprune.steps import (
 from stepprune.store import RunStore, threshold_key, write_atomic
 
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+MODES = ("text", "kv", "online")
+# Online mode always scores by the probe's attention, at each checkpoint, over cached steps.
+ONLINE_SCORER = "attention:query=probe,online"
 
 
 @dataclass
@@ -77,6 +83,9 @@ class RunConfig:
     answer_max_tokens: int = 512
     min_step_chars: int = DEFAULT_MIN_STEP_CHARS
     segmenter: str = "paragraph"
+    positions: str = "original"
+    interval: int = 0
+    budget: int | None = None
     grade_timeout: float = 10.0
     out: str | None = None
 
@@ -94,8 +103,14 @@ class RunConfig:
                 raise ValueError(f"--thresholds: {t} is outside [0, 1)")
         if self.segmenter not in SEGMENTERS:
             raise ValueError(f"--segmenter {self.segmenter!r}: choose from {', '.join(SEGMENTERS)}")
-        if self.mode != "text":
-            raise ValueError(f"--mode {self.mode!r}: only 'text' is implemented")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode {self.mode!r}: choose from {', '.join(MODES)}")
+        if self.mode == "online" and self.positions != "original":
+            raise ValueError("--mode online keeps original positions; drop --positions")
+        if self.positions not in POSITION_SCHEMES:
+            raise ValueError(
+                f"--positions {self.positions!r}: choose from {', '.join(POSITION_SCHEMES)}"
+            )
         self.thresholds = sorted({float(t) for t in self.thresholds})
 
     def output_dir(self) -> Path:
@@ -109,7 +124,7 @@ class RunConfig:
         """Settings that must match to resume in an existing run folder."""
         keys = ["model", "dataset", "max_new_tokens", "temperature", "top_p", "seed", "scorer"]
         keys += ["policy", "mode", "answer_max_tokens", "min_step_chars", "segmenter"]
-        keys += ["load_in_4bit"]
+        keys += ["load_in_4bit", "positions", "interval", "budget"]
         return {k: getattr(self, k) for k in keys}
 
 
@@ -126,6 +141,18 @@ def _environment() -> dict[str, str]:
 def _problem_seed(seed: int, problem_id: str) -> int:
     """Seed of one problem's samples, independent of the order problems run in."""
     return zlib.crc32(f"{seed}:{problem_id}".encode())
+
+
+@dataclass
+class Outcome:
+    """A re-evaluated answer before grading: the steps it came from and which were kept."""
+
+    steps: list[Step]
+    keep: list[bool]
+    answer_ids: list[int]
+    answer_truncated: bool
+    context_tokens: int
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Experiment:
@@ -203,11 +230,24 @@ class Experiment:
     def make_records(
         self, problem: Problem, trace: Trace, thresholds: list[float], grader: Grader
     ) -> list[Record]:
-        """Prune at each threshold and re-evaluate; identical keep masks share one answer."""
-        importances = [s.importance or 0.0 for s in trace.steps]
-        masks = [self.policy.keep(importances, t) for t in thresholds]
-        unique = list(dict.fromkeys(tuple(m) for m in masks))
-        contexts = [text_context(self.format, trace, mask) for mask in unique]
+        """Prune at each threshold and re-evaluate in the configured mode."""
+        if self.config.mode == "online":
+            outcomes = [self._online_outcome(problem, trace, t) for t in thresholds]
+        else:
+            importances = [s.importance or 0.0 for s in trace.steps]
+            masks = [tuple(self.policy.keep(importances, t)) for t in thresholds]
+            # Greedy answers depend on the kept set only: identical masks share one answer.
+            unique = list(dict.fromkeys(masks))
+            answer_of = self._text_outcomes if self.config.mode == "text" else self._kv_outcomes
+            by_mask = dict(zip(unique, answer_of(trace, unique), strict=True))
+            outcomes = [by_mask[mask] for mask in masks]
+        return [
+            self._record(problem, trace, threshold, outcome, grader)
+            for threshold, outcome in zip(thresholds, outcomes, strict=True)
+        ]
+
+    def _text_outcomes(self, trace: Trace, masks: list[tuple[bool, ...]]) -> list[Outcome]:
+        contexts = [text_context(self.format, trace, mask) for mask in masks]
         answers = generate_answers(
             self.model,
             contexts,
@@ -216,43 +256,130 @@ class Experiment:
             self.eos_ids,
             box_stop=(self.tokenizer, self.format.answer_cue_text()),
         )
-        by_mask = dict(zip(unique, zip(contexts, answers, strict=True), strict=True))
-        reasoning_tokens = sum(s.num_tokens for s in trace.steps)
-        reasoning_chars = sum(len(s.text) for s in trace.steps)
-        records = []
-        for threshold, mask in zip(thresholds, masks, strict=True):
-            context, answer = by_mask[tuple(mask)]
-            kept = [s for s, k in zip(trace.steps, mask, strict=True) if k]
-            text = self.format.answer_cue_text() + self.tokenizer.decode(
-                answer.ids, skip_special_tokens=True
+        return [
+            Outcome(trace.steps, list(mask), answer.ids, answer.truncated, len(context))
+            for mask, context, answer in zip(masks, contexts, answers, strict=True)
+        ]
+
+    def _kv_outcomes(self, trace: Trace, masks: list[tuple[bool, ...]]) -> list[Outcome]:
+        results = kv_answers(
+            self.model,
+            self.format,
+            trace,
+            [list(m) for m in masks],
+            self.config.positions,
+            self.config.answer_max_tokens,
+            self.eos_ids,
+        )
+        cue = len(self.format.answer_cue_ids())
+        return [
+            Outcome(
+                trace.steps,
+                list(mask),
+                r.answer.ids,
+                r.answer.truncated,
+                r.cache_tokens + cue,
+                extra={
+                    "positions": self.config.positions,
+                    "cache_tokens": r.cache_tokens,
+                    "full_cache_tokens": r.full_cache_tokens,
+                },
             )
-            grade = grader.grade(problem.answer, text)
-            records.append(
-                Record(
-                    problem_id=trace.problem_id,
-                    sample=trace.sample,
-                    threshold=threshold,
-                    mode=self.config.mode,
-                    scorer=self.scorer.spec,
-                    policy=self.policy.spec,
-                    kept_steps=[s.index for s in kept],
-                    num_steps=len(trace.steps),
-                    steps_kept=len(kept),
-                    reasoning_tokens=reasoning_tokens,
-                    tokens_kept=sum(s.num_tokens for s in kept),
-                    reasoning_chars=reasoning_chars,
-                    chars_kept=sum(len(s.text) for s in kept),
-                    context_tokens=len(context),
-                    answer_text=text,
-                    answer_tokens=len(answer.ids),
-                    answer_truncated=answer.truncated,
-                    gold=problem.answer,
-                    prediction=grade.prediction,
-                    correct=grade.correct,
-                    trace_truncated=trace.truncated,
-                )
+            for mask, r in zip(masks, results, strict=True)
+        ]
+
+    def _online_outcome(self, problem: Problem, trace: Trace, threshold: float) -> Outcome:
+        """One online generation (teacher-forced for traces that carry their reasoning)."""
+        cfg = self.config
+        pruner = OnlinePruner(
+            self.model,
+            self.format,
+            OnlineConfig(
+                policy=self.policy,
+                threshold=threshold,
+                budget=cfg.budget,
+                interval=cfg.interval,
+                min_step_chars=cfg.min_step_chars,
+            ),
+            self.eos_ids,
+        )
+        prompt = trace.prompt_ids
+        seed = _problem_seed(cfg.seed, problem.id) + trace.sample
+        if trace.teacher_forced:
+            forced = trace.all_ids[len(prompt) : trace.reasoning_end]
+            result = pruner.run(prompt, self.sampling, seed, forced, cfg.answer_max_tokens)
+            steps, answer_ids = trace.steps, result.answer_ids
+        else:
+            result = pruner.run(prompt, self.sampling, seed)
+            online = build_trace(
+                self.format, problem, trace.sample, prompt, result.output_ids, self.eos_ids, False
             )
-        return records
+            steps = segment_paragraphs(
+                self.tokenizer,
+                online.all_ids,
+                online.reasoning_start,
+                online.reasoning_end,
+                cfg.min_step_chars,
+                cfg.segmenter,
+            )
+            end = len(online.all_ids) - (1 if online.hit_eos else 0)
+            answer_ids = (
+                online.all_ids[online.reasoning_end + 1 : end] if online.finished_reasoning else []
+            )
+        gone = result.evicted_positions
+        keep = [not any(p in gone for p in range(s.start, s.end)) for s in steps]
+        return Outcome(
+            steps,
+            keep,
+            answer_ids,
+            result.answer_truncated,
+            result.cache_tokens + len(self.format.answer_cue_ids()),
+            extra={
+                "positions": "original",
+                "cache_tokens": result.cache_tokens,
+                "full_cache_tokens": result.reasoning_end,
+                "online": {
+                    "tokens_generated": len(result.output_ids),
+                    "peak_cache_tokens": result.peak_cache_tokens,
+                    "final_cache_tokens": result.final_cache_tokens,
+                    "checkpoints": result.checkpoints,
+                    "evictions": result.evictions,
+                },
+            },
+        )
+
+    def _record(
+        self, problem: Problem, trace: Trace, threshold: float, outcome: Outcome, grader: Grader
+    ) -> Record:
+        kept = [s for s, k in zip(outcome.steps, outcome.keep, strict=True) if k]
+        text = self.format.answer_cue_text() + self.tokenizer.decode(
+            outcome.answer_ids, skip_special_tokens=True
+        )
+        grade = grader.grade(problem.answer, text)
+        return Record(
+            problem_id=trace.problem_id,
+            sample=trace.sample,
+            threshold=threshold,
+            mode=self.config.mode,
+            scorer=self.scorer.spec if self.config.mode != "online" else ONLINE_SCORER,
+            policy=self.policy.spec,
+            kept_steps=[s.index for s in kept],
+            num_steps=len(outcome.steps),
+            steps_kept=len(kept),
+            reasoning_tokens=sum(s.num_tokens for s in outcome.steps),
+            tokens_kept=sum(s.num_tokens for s in kept),
+            reasoning_chars=sum(len(s.text) for s in outcome.steps),
+            chars_kept=sum(len(s.text) for s in kept),
+            context_tokens=outcome.context_tokens,
+            answer_text=text,
+            answer_tokens=len(outcome.answer_ids),
+            answer_truncated=outcome.answer_truncated,
+            gold=problem.answer,
+            prediction=grade.prediction,
+            correct=grade.correct,
+            trace_truncated=trace.truncated,
+            **outcome.extra,
+        )
 
     # -- orchestration ------------------------------------------------------------------------
 

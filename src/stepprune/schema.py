@@ -121,6 +121,14 @@ class Record(JsonMixin):
     prediction: str | None
     correct: bool
     trace_truncated: bool = False
+    # kv and online modes: position scheme and cache entries (before the answer cue) when the
+    # answer began, against the unpruned prompt + reasoning.
+    positions: str | None = None
+    cache_tokens: int | None = None
+    full_cache_tokens: int | None = None
+    # online mode: tokens generated, peak/final cache, checkpoints, and every eviction with
+    # the text that was evicted.
+    online: dict[str, Any] | None = None
 
     @property
     def steps_kept_pct(self) -> float:
