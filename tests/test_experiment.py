@@ -32,7 +32,16 @@ def test_planted_run_writes_everything_and_resumes(tiny_r1_dir: Path, tmp_path: 
     for name in [*OUTPUTS, "importance.png"]:
         assert (out / name).stat().st_size > 0, name
     traces, records = _lines(out / "traces.jsonl"), _lines(out / "records.jsonl")
-    assert len(traces) == 3 * 2 and len(records) == 3 * 2 * 2
+    # problems x samples x thresholds, for the scorer and for its random control
+    assert len(traces) == 3 * 2 and len(records) == 3 * 2 * 2 * 2
+    main = [r for r in records if r["scorer"].startswith("attention")]
+    control = [r for r in records if r["scorer"].startswith("random-control")]
+    assert len(main) == len(control) == 12
+    by_key = {(r["problem_id"], r["sample"], r["threshold"]): r for r in main}
+    for r in control:  # the control keeps as many steps as the scorer, chosen at random
+        assert (
+            r["steps_kept"] == by_key[(r["problem_id"], r["sample"], r["threshold"])]["steps_kept"]
+        )
     for trace in traces:
         ids = trace["prompt_ids"] + trace["output_ids"]
         assert trace["steps"] and abs(sum(s["importance"] for s in trace["steps"]) - 1) < 1e-6
@@ -44,18 +53,26 @@ def test_planted_run_writes_everything_and_resumes(tiny_r1_dir: Path, tmp_path: 
     assert summary["thresholds"]["0.0"]["total"] == 6
     assert summary["thresholds"]["0.0"]["avg_steps_kept_pct"] == 100.0
     assert summary["thresholds"]["0.5"]["avg_steps_kept_pct"] < 100.0
+    assert summary["random_control"]["0.5"]["total"] == 6
     assert "| Threshold | Accuracy | Steps Kept | Avg Length |" in (out / "results.md").read_text()
 
     # The same command again does no new work; an extra threshold adds only its records.
     code, output = _run(*args, "--thresholds", "0,0.5")
     assert code == 0, output
-    assert len(_lines(out / "records.jsonl")) == 12 and len(_lines(out / "traces.jsonl")) == 6
+    assert len(_lines(out / "records.jsonl")) == 24 and len(_lines(out / "traces.jsonl")) == 6
     code, output = _run(*args, "--thresholds", "0,0.3,0.5")
     assert code == 0, output
     records = _lines(out / "records.jsonl")
-    assert len(records) == 18 and len(_lines(out / "traces.jsonl")) == 6
-    keys = {(r["problem_id"], r["sample"], r["threshold"]) for r in records}
-    assert len(keys) == 18
+    assert len(records) == 36 and len(_lines(out / "traces.jsonl")) == 6
+    keys = {(r["problem_id"], r["sample"], r["threshold"], r["scorer"]) for r in records}
+    assert len(keys) == 36
+
+    # Another scorer reuses the traces: no generation, its scores go to scores.jsonl.
+    code, output = _run(*args, "--thresholds", "0,0.5", "--scorer", "length", "--no-control")
+    assert code == 0, output
+    assert len(_lines(out / "traces.jsonl")) == 6 and len(_lines(out / "scores.jsonl")) == 6
+    assert len([r for r in _lines(out / "records.jsonl") if r["scorer"] == "length"]) == 12
+    assert json.loads((out / "summary.json").read_text())["scorer"] == "length"
 
 
 @pytest.mark.skipif(not (DATA / "aime24.jsonl").exists(), reason="shared data missing")
@@ -125,7 +142,7 @@ def test_run_accepts_every_kind_of_scorer(
     out = tmp_path / "run"
     code, output = _run(
         "--model", str(tiny_r1_dir), "--limit", "2", "--thresholds", "0,0.5", "--out", str(out),
-        "--scorer", scorer, "--policy", policy, "--segmenter", segmenter,
+        "--scorer", scorer, "--policy", policy, "--segmenter", segmenter, "--no-control",
     )  # fmt: skip
     assert code == 0, output
     records = _lines(out / "records.jsonl")

@@ -29,7 +29,8 @@ def test_round_trip_and_reopen(tmp_path: Path) -> None:
     store.add_records([_record("a", 0.0), _record("a", 0.1)])
     again = RunStore(tmp_path, IDENTITY, {})
     assert again.traces[("a", 0)] == _trace("a")
-    assert again.has_record("a", 0, 0.1) and not again.has_record("a", 0, 0.2)
+    assert again.has_record("a", 0, 0.1, "s") and not again.has_record("a", 0, 0.2, "s")
+    assert not again.has_record("a", 0, 0.1, "random-control")
     assert json.loads((tmp_path / "config.json").read_text())["identity"] == IDENTITY
 
 
@@ -39,7 +40,7 @@ def test_partial_last_line_from_a_kill_is_dropped(tmp_path: Path) -> None:
     with (tmp_path / RECORDS_FILE).open("a") as handle:
         handle.write('{"problem_id": "a", "sam')  # killed mid-write
     again = RunStore(tmp_path, IDENTITY, {})
-    assert list(again.records) == [("a", 0, "0.0")]
+    assert list(again.records) == [("a", 0, "0.0", "s")]
     again.add_records([_record("a", 0.5)])
     lines = (tmp_path / RECORDS_FILE).read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(line) for line in lines)

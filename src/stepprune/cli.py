@@ -107,6 +107,10 @@ def run(
     answer_max_tokens: Annotated[
         int, typer.Option(help="Token budget of each re-evaluated answer.")
     ] = 512,
+    control: Annotated[
+        bool,
+        typer.Option(help="Also re-evaluate a random pruning that keeps as many steps."),
+    ] = True,
     out: Annotated[
         Path | None, typer.Option(help="Run folder (default runs/<dataset>-<model>).")
     ] = None,
@@ -135,6 +139,7 @@ def run(
             positions=positions,
             interval=interval,
             budget=budget,
+            control=control,
             answer_max_tokens=answer_max_tokens,
             out=str(out) if out else None,
         )
@@ -185,3 +190,69 @@ def bench_scoring(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     _print_json_or_table(result.to_json(), as_json, console)
+
+
+@bench_app.command("kv")
+def bench_kv(
+    tokens: Annotated[int, typer.Option(help="Trace length N.")] = 4096,
+    model: Annotated[str, typer.Option(help="Model (default: the bundled SmolLM2).")] = "bundled",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """kv vs text re-evaluation time, online peak cache at a 50% budget, decode speed, exactness."""
+    from stepprune.bench_kv import run_kv_bench
+
+    console = Console(stderr=True)
+    try:
+        loaded, tokenizer = load_model(model, device, dtype)
+        result = run_kv_bench(loaded, tokenizer, tokens)
+    except USER_ERRORS as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    _print_json_or_table(result.to_json(), as_json, console)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run folders.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default RUN_DIR/report).")
+    ] = None,
+) -> None:
+    """Tables (Markdown, terminal, JSON) and plots for one run or several side by side."""
+    from stepprune.compare import default_report_dir, write_report
+
+    console = Console(stderr=True)
+    try:
+        folder = out or default_report_dir(run_dirs)
+        write_report(run_dirs, folder, console)
+    except USER_ERRORS as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    console.print(f"report written to {folder}/", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    problem: Annotated[str, typer.Option(help="Problem id.")],
+    sample: Annotated[int, typer.Option(help="Sample index.")] = 0,
+    threshold: Annotated[
+        float | None, typer.Option(help="Threshold whose pruning is shown (default: largest).")
+    ] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Also write a self-contained HTML page here.")
+    ] = None,
+) -> None:
+    """One trace with steps shaded by importance and pruned steps struck through."""
+    from stepprune.show import show_problem
+
+    console = Console()
+    try:
+        written = show_problem(run_dir, problem, sample, threshold, html, console)
+    except USER_ERRORS as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    if written is not None:
+        Console(stderr=True).print(f"HTML page: {written}", highlight=False, soft_wrap=True)

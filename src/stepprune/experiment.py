@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 from rich.console import Console
@@ -86,6 +87,7 @@ class RunConfig:
     positions: str = "original"
     interval: int = 0
     budget: int | None = None
+    control: bool = True
     grade_timeout: float = 10.0
     out: str | None = None
 
@@ -122,7 +124,8 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """Settings that must match to resume in an existing run folder."""
-        keys = ["model", "dataset", "max_new_tokens", "temperature", "top_p", "seed", "scorer"]
+        # Not the scorer, thresholds, samples or limit: traces are reused across those.
+        keys = ["model", "dataset", "max_new_tokens", "temperature", "top_p", "seed"]
         keys += ["policy", "mode", "answer_max_tokens", "min_step_chars", "segmenter"]
         keys += ["load_in_4bit", "positions", "interval", "budget"]
         return {k: getattr(self, k) for k in keys}
@@ -227,23 +230,55 @@ class Experiment:
             traces.append(trace)
         return traces
 
+    @property
+    def scorer_spec(self) -> str:
+        return ONLINE_SCORER if self.config.mode == "online" else self.scorer.spec
+
+    @property
+    def control_spec(self) -> str | None:
+        """The random control's spec, or None when there is none (online mode, --no-control)."""
+        if not self.config.control or self.config.mode == "online":
+            return None
+        return f"random-control:seed={self.config.seed}"
+
+    def control_mask(self, trace: Trace, threshold: float, kept: int) -> tuple[bool, ...]:
+        """``kept`` steps chosen at random, seeded by run seed, trace and threshold: the control
+        keeps as many steps as the scorer does at that threshold."""
+        key = f"{self.config.seed}:{trace.problem_id}:{trace.sample}:{threshold_key(threshold)}"
+        chosen = np.random.default_rng(zlib.crc32(key.encode())).permutation(len(trace.steps))
+        keep = np.zeros(len(trace.steps), dtype=bool)
+        keep[chosen[:kept]] = True
+        return tuple(keep.tolist())
+
     def make_records(
-        self, problem: Problem, trace: Trace, thresholds: list[float], grader: Grader
+        self, problem: Problem, trace: Trace, importances: list[float], grader: Grader
     ) -> list[Record]:
-        """Prune at each threshold and re-evaluate in the configured mode."""
+        """Prune at every threshold (and the random control) and re-evaluate in the configured
+        mode.
+
+        All thresholds are always computed together, so the batches of greedy answers, and
+        hence the answers, do not depend on which records a resumed run still lacks.
+        """
+        thresholds = self.config.thresholds
         if self.config.mode == "online":
-            outcomes = [self._online_outcome(problem, trace, t) for t in thresholds]
-        else:
-            importances = [s.importance or 0.0 for s in trace.steps]
-            masks = [tuple(self.policy.keep(importances, t)) for t in thresholds]
-            # Greedy answers depend on the kept set only: identical masks share one answer.
-            unique = list(dict.fromkeys(masks))
-            answer_of = self._text_outcomes if self.config.mode == "text" else self._kv_outcomes
-            by_mask = dict(zip(unique, answer_of(trace, unique), strict=True))
-            outcomes = [by_mask[mask] for mask in masks]
+            return [
+                self._record(problem, trace, t, self._online_outcome(problem, trace, t), grader)
+                for t in thresholds
+            ]
+        masks = [tuple(self.policy.keep(importances, t)) for t in thresholds]
+        runs = [(self.scorer_spec, t, m) for t, m in zip(thresholds, masks, strict=True)]
+        if self.control_spec is not None:
+            runs += [
+                (self.control_spec, t, self.control_mask(trace, t, sum(m)))
+                for t, m in zip(thresholds, masks, strict=True)
+            ]
+        # Greedy answers depend on the kept set only: identical masks share one answer.
+        unique = list(dict.fromkeys(mask for _, _, mask in runs))
+        answer_of = self._text_outcomes if self.config.mode == "text" else self._kv_outcomes
+        by_mask = dict(zip(unique, answer_of(trace, unique), strict=True))
         return [
-            self._record(problem, trace, threshold, outcome, grader)
-            for threshold, outcome in zip(thresholds, outcomes, strict=True)
+            self._record(problem, trace, t, by_mask[mask], grader, scorer=spec)
+            for spec, t, mask in runs
         ]
 
     def _text_outcomes(self, trace: Trace, masks: list[tuple[bool, ...]]) -> list[Outcome]:
@@ -349,7 +384,13 @@ class Experiment:
         )
 
     def _record(
-        self, problem: Problem, trace: Trace, threshold: float, outcome: Outcome, grader: Grader
+        self,
+        problem: Problem,
+        trace: Trace,
+        threshold: float,
+        outcome: Outcome,
+        grader: Grader,
+        scorer: str | None = None,
     ) -> Record:
         kept = [s for s, k in zip(outcome.steps, outcome.keep, strict=True) if k]
         text = self.format.answer_cue_text() + self.tokenizer.decode(
@@ -361,7 +402,7 @@ class Experiment:
             sample=trace.sample,
             threshold=threshold,
             mode=self.config.mode,
-            scorer=self.scorer.spec if self.config.mode != "online" else ONLINE_SCORER,
+            scorer=scorer or self.scorer_spec,
             policy=self.policy.spec,
             kept_steps=[s.index for s in kept],
             num_steps=len(outcome.steps),
@@ -406,12 +447,31 @@ class Experiment:
                         store.add_trace(trace)
                 for sample in range(cfg.samples):
                     trace = store.traces[(problem.id, sample)]
-                    todo = [
-                        t for t in cfg.thresholds if not store.has_record(problem.id, sample, t)
-                    ]
-                    if todo:
+                    importances = store.importances(trace, self.scorer.spec)
+                    if importances is None:  # a trace reused from a run with another scorer
+                        progress.update(task, description=f"{problem.id}: scoring")
+                        importances = self.scorer.score(
+                            self.model, trace, self.format, problem.answer
+                        )
+                        store.add_scores(trace, self.scorer.spec, importances)
+                    specs = [s for s in (self.scorer_spec, self.control_spec) if s]
+                    done = all(
+                        store.has_record(problem.id, sample, t, spec)
+                        for t in cfg.thresholds
+                        for spec in specs
+                    )
+                    if not done:
                         progress.update(task, description=f"{problem.id}: re-evaluating")
-                        store.add_records(self.make_records(problem, trace, todo, grader))
+                        records = self.make_records(problem, trace, importances, grader)
+                        store.add_records(
+                            [
+                                r
+                                for r in records
+                                if not store.has_record(
+                                    r.problem_id, r.sample, r.threshold, r.scorer
+                                )
+                            ]
+                        )
                     progress.advance(task)
         return self.report(problems, store)
 
@@ -432,12 +492,23 @@ class Experiment:
         wanted = {(p.id, s) for p in problems for s in range(cfg.samples)}
         traces = [t for key, t in store.traces.items() if key in wanted]
         thresholds = {threshold_key(t) for t in cfg.thresholds}
-        records = [
-            r for (pid, s, t), r in store.records.items() if (pid, s) in wanted and t in thresholds
-        ]
+
+        def selected(spec: str | None) -> list[Record]:
+            return [
+                r
+                for (pid, s, t, scorer), r in store.records.items()
+                if (pid, s) in wanted and t in thresholds and scorer == spec
+            ]
+
         self.warn_truncated(traces)
-        summary = summarize(records, traces, model=cfg.model, dataset=dataset_name(cfg.dataset))
-        summary["scorer"] = self.scorer.spec
+        dataset = dataset_name(cfg.dataset)
+        summary = summarize(selected(self.scorer_spec), traces, model=cfg.model, dataset=dataset)
+        if self.control_spec is not None:
+            control = summarize(
+                selected(self.control_spec), traces, model=cfg.model, dataset=dataset
+            )
+            summary["random_control"] = {"scorer": self.control_spec, **control["thresholds"]}
+        summary["scorer"] = self.scorer_spec
         summary["policy"] = self.policy.spec
         summary["mode"] = cfg.mode
         write_atomic(store.out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -4,7 +4,8 @@ Layout of ``--out``::
 
     config.json      everything needed to reproduce the run
     traces.jsonl     one line per problem x sample (prompt/output ids, steps, importances)
-    records.jsonl    one line per problem x sample x threshold
+    scores.jsonl     importances of the traces under other scorers (traces are reused)
+    records.jsonl    one line per problem x sample x threshold x scorer
     summary.json, results.md, importance.png   written at the end of every run
 
 Lines are appended and flushed one by one. A run killed mid-write leaves at most one partial last
@@ -25,6 +26,7 @@ from stepprune.schema import Record, Trace
 CONFIG_FILE = "config.json"
 TRACES_FILE = "traces.jsonl"
 RECORDS_FILE = "records.jsonl"
+SCORES_FILE = "scores.jsonl"
 
 
 class RunFolderError(RuntimeError):
@@ -34,6 +36,11 @@ class RunFolderError(RuntimeError):
 def threshold_key(threshold: float) -> str:
     """Canonical text of a threshold ("0.0", "0.1"), used in keys and reports."""
     return repr(float(threshold))
+
+
+def record_key(record: Record) -> tuple[str, int, str, str]:
+    """A record is one problem x sample x threshold x scorer (the control has its own)."""
+    return (record.problem_id, record.sample, threshold_key(record.threshold), record.scorer)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -93,12 +100,13 @@ class RunStore:
         for row in _read_jsonl(out / TRACES_FILE):
             trace = Trace.from_json(row)
             self.traces[(trace.problem_id, trace.sample)] = trace
-        self.records: dict[tuple[str, int, str], Record] = {}
+        self.scores: dict[tuple[str, int, str], list[float]] = {}
+        for row in _read_jsonl(out / SCORES_FILE):
+            self.scores[(row["problem_id"], row["sample"], row["scorer"])] = row["importances"]
+        self.records: dict[tuple[str, int, str, str], Record] = {}
         for row in _read_jsonl(out / RECORDS_FILE):
             record = Record.from_json(row)
-            self.records[(record.problem_id, record.sample, threshold_key(record.threshold))] = (
-                record
-            )
+            self.records[record_key(record)] = record
 
     def _append(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
         with (self.out / name).open("a", encoding="utf-8") as handle:
@@ -114,7 +122,18 @@ class RunStore:
     def add_records(self, records: list[Record]) -> None:
         self._append(RECORDS_FILE, [r.to_json() for r in records])
         for r in records:
-            self.records[(r.problem_id, r.sample, threshold_key(r.threshold))] = r
+            self.records[record_key(r)] = r
 
-    def has_record(self, problem_id: str, sample: int, threshold: float) -> bool:
-        return (problem_id, sample, threshold_key(threshold)) in self.records
+    def has_record(self, problem_id: str, sample: int, threshold: float, scorer: str) -> bool:
+        return (problem_id, sample, threshold_key(threshold), scorer) in self.records
+
+    def importances(self, trace: Trace, scorer: str) -> list[float] | None:
+        """Importances of a trace's steps under ``scorer``, if computed."""
+        if trace.scorer == scorer:
+            return [s.importance or 0.0 for s in trace.steps]
+        return self.scores.get((trace.problem_id, trace.sample, scorer))
+
+    def add_scores(self, trace: Trace, scorer: str, importances: list[float]) -> None:
+        row = {"problem_id": trace.problem_id, "sample": trace.sample, "scorer": scorer}
+        self._append(SCORES_FILE, [{**row, "importances": importances}])
+        self.scores[(trace.problem_id, trace.sample, scorer)] = importances
