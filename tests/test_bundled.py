@@ -43,13 +43,17 @@ def test_run_on_the_embedded_default(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--limit", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 1 * 6
+    assert len(records) == 2 * 1 * 6 * 2  # the scorer and its random control
     traces = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
     assert all(t["steps"] and t["original_correct"] for t in traces)
     # The model answers every context (the cue opens a box it closes), and grading extracts it.
     assert all(r["answer_text"].startswith("The answer is \\boxed{") for r in records)
     assert sum(r["prediction"] is not None for r in records) >= len(records) // 2
-    kept = {r["threshold"]: r["tokens_kept"] for r in records if r["problem_id"] == "planted-000"}
+    kept = {
+        r["threshold"]: r["tokens_kept"]
+        for r in records
+        if r["problem_id"] == "planted-000" and r["scorer"].startswith("attention")
+    }
     assert kept[0.0] == sum(s["end"] - s["start"] for s in traces[0]["steps"])
     assert kept[0.5] < kept[0.0]
     assert (out / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

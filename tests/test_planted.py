@@ -6,8 +6,19 @@ import re
 import statistics
 
 import pytest
+from transformers import AutoTokenizer
 
-from stepprune.planted import NECESSARY, PLANTED, generate_planted
+from stepprune.bench_scorers import auroc
+from stepprune.models import ModelLoadError, bundled_gguf_path
+from stepprune.planted import (
+    LEAD_INS,
+    LENGTH_TOLERANCE,
+    NECESSARY,
+    PLANTED,
+    TAILS,
+    approx_tokens,
+    generate_planted,
+)
 from stepprune.schema import Problem
 from stepprune.steps import attach_labels, segment_paragraphs
 
@@ -138,13 +149,149 @@ def test_several_templates_and_kinds_are_used() -> None:
         assert marker in planted_text
 
 
-def test_planted_steps_are_length_matched() -> None:
-    necessary = [len(s) for p in PROBLEMS for s in labelled(p, NECESSARY)]
-    planted = [len(s) for p in PROBLEMS for s in labelled(p, PLANTED)]
-    ratio = statistics.mean(planted) / statistics.mean(necessary)
-    assert 0.85 < ratio < 1.2
-    assert max(planted) < 2 * max(necessary)
-    assert min(planted) > 0.5 * min(necessary)
+def test_planted_steps_are_length_matched_to_a_necessary_step() -> None:
+    """Each planted step is written to the length of a necessary step of its trace (±10% in
+    approximate tokens); a few short targets cannot be met that closely (30-character minimum,
+    numbers costing several tokens) and get the closest phrasing."""
+    gaps = []
+    for problem in PROBLEMS:
+        necessary = [approx_tokens(s) for s in labelled(problem, NECESSARY)]
+        for step in labelled(problem, PLANTED):
+            gaps.append(min(abs(approx_tokens(step) - n) / n for n in necessary))
+    within = sum(gap <= LENGTH_TOLERANCE for gap in gaps) / len(gaps)
+    assert within >= 0.98, within
+    assert max(gaps) <= 0.2
+
+
+def test_necessary_lengths_are_each_used_as_targets() -> None:
+    """Targets cycle through the necessary steps: the planted lengths spread like theirs."""
+    necessary = [approx_tokens(s) for p in PROBLEMS for s in labelled(p, NECESSARY)]
+    planted = [approx_tokens(s) for p in PROBLEMS for s in labelled(p, PLANTED)]
+    assert abs(statistics.mean(planted) / statistics.mean(necessary) - 1) < 0.05
+    assert abs(statistics.stdev(planted) / statistics.stdev(necessary) - 1) < 0.2
+
+
+def _tokenizer_lengths(tokenizer, problems: list[Problem]) -> dict[str, list[int]]:
+    lengths: dict[str, list[int]] = {NECESSARY: [], PLANTED: []}
+    for problem in problems:
+        assert problem.step_labels is not None
+        for text, label in zip(paragraphs(problem), problem.step_labels, strict=True):
+            lengths[label].append(len(tokenizer.encode(text, add_special_tokens=False)))
+    return lengths
+
+
+def _check_token_lengths(tokenizer) -> None:
+    problems = generate_planted(60, seed=0)
+    lengths = _tokenizer_lengths(tokenizer, problems)
+    necessary, planted = statistics.mean(lengths[NECESSARY]), statistics.mean(lengths[PLANTED])
+    assert abs(planted - necessary) / necessary < 0.15, (necessary, planted)
+    # The generator's unit tracks the real tokenizer closely on every step.
+    for problem in problems:
+        for text in paragraphs(problem):
+            real = len(tokenizer.encode(text, add_special_tokens=False))
+            assert abs(real - approx_tokens(text)) <= 3, text
+
+
+def test_token_lengths_match_with_the_r1_tokenizer(r1_tokenizer) -> None:
+    _check_token_lengths(r1_tokenizer)
+
+
+def test_token_lengths_match_with_the_smollm2_tokenizer() -> None:
+    try:
+        path = bundled_gguf_path()
+    except ModelLoadError as error:
+        pytest.skip(str(error))
+    # Only the tokenizer is read from the GGUF file (a few seconds), not the weights.
+    _check_token_lengths(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
+
+
+def test_within_trace_length_and_position_do_not_predict_the_label(r1_tokenizer) -> None:
+    """AUROC (necessary vs planted, per-trace ranks) of token length and of position is near
+    chance: the benchmark's length and position baselines have nothing to find."""
+    problems = generate_planted(60, seed=0)
+    labels = [p.step_labels for p in problems]
+    lengths = [
+        [len(r1_tokenizer.encode(t, add_special_tokens=False)) for t in paragraphs(p)]
+        for p in problems
+    ]
+    positions = [list(range(len(p.step_labels or []))) for p in problems]
+    assert 0.4 < auroc(lengths, labels) < 0.6
+    assert 0.4 < auroc(positions, labels) < 0.6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planted_and_necessary_positions_balance(seed: int) -> None:
+    """Planted positions are a uniform subset of all positions, so the mean relative position
+    (0 = first step, 1 = last) is about the same for both classes."""
+    positions: dict[str, list[float]] = {NECESSARY: [], PLANTED: []}
+    for problem in generate_planted(60, seed=seed):
+        labels = problem.step_labels
+        assert labels is not None
+        for index, label in enumerate(labels):
+            positions[label].append(index / (len(labels) - 1))
+    gap = statistics.mean(positions[PLANTED]) - statistics.mean(positions[NECESSARY])
+    assert abs(gap) < 0.15, gap
+
+
+def test_names_keep_their_capital_letter() -> None:
+    names = {"tom", "mia", "ravi", "lena", "omar", "sara", "ben", "ana"}
+    for problem in PROBLEMS:
+        assert problem.reasoning is not None
+        assert not names & set(re.findall(r"\b[a-z]+\b", problem.reasoning)), problem.reasoning
+
+
+def test_the_last_number_of_every_trace_is_the_answer() -> None:
+    """Planted steps after the final necessary step re-check the final result and end with it,
+    so the full context never ends on another number."""
+    for problem in PROBLEMS:
+        assert problem.reasoning is not None
+        assert re.findall(r"\d+", problem.reasoning)[-1] == problem.answer, problem.reasoning
+
+
+def test_fillers_are_not_a_planted_only_cue() -> None:
+    """Necessary steps carry the same filler sentences at about the same rate."""
+
+    def has_filler(text: str) -> bool:
+        return text.startswith(LEAD_INS[1:]) or text.endswith(TAILS[1:])
+
+    rates = {
+        label: statistics.mean(has_filler(s) for p in PROBLEMS for s in labelled(p, label))
+        for label in (NECESSARY, PLANTED)
+    }
+    assert 0.2 < rates[NECESSARY] < 0.8
+    assert abs(rates[NECESSARY] - rates[PLANTED]) < 0.15, rates
+
+
+def test_rechecks_follow_and_false_starts_precede_a_necessary_step() -> None:
+    """A re-check checks an earlier result; a false start fumbles the operands of the next
+    necessary step. Both are recognised by their equation: a false start's is abandoned ("No")."""
+    seen = {"recheck": 0, "false start": 0}
+    for problem in PROBLEMS:
+        assert problem.step_labels is not None
+        parts = paragraphs(problem)
+        for index, (text, label) in enumerate(zip(parts, problem.step_labels, strict=True)):
+            equations = EQUATION.findall(text)
+            if label != PLANTED or not equations:
+                continue
+            left, _, right, _ = equations[0]
+            before = [
+                EQUATION.findall(t)[0]
+                for t, lab in zip(parts[:index], problem.step_labels, strict=False)
+                if lab == NECESSARY
+            ]
+            after = [
+                EQUATION.findall(t)[0]
+                for t, lab in zip(parts[index + 1 :], problem.step_labels[index + 1 :], strict=True)
+                if lab == NECESSARY
+            ]
+            if re.search(r"\bNo\b", text):
+                seen["false start"] += 1
+                assert after and (after[0][0], after[0][2]) == (left, right), text
+            else:
+                # Working backwards from an earlier result, or repeating its equation.
+                seen["recheck"] += 1
+                assert left in {result for *_, result in before} or equations[0] in before, text
+    assert min(seen.values()) > 20, seen
 
 
 def test_segmentation_finds_one_step_per_label(r1_tokenizer) -> None:

@@ -92,20 +92,33 @@ class PeakMemory:
         self.peak_mb = max(self._high, self._rss_mb()) - self._start
 
 
-def _timed(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, float]:
-    """Median seconds of ``fn`` over ``repeats`` runs (after one warm-up), and peak MiB."""
+def _seconds(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     fn()
-    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _peak_mb(fn: Callable[[], object], device: torch.device) -> float:
     with PeakMemory(device) as memory:
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), memory.peak_mb
+        fn()
+    return memory.peak_mb
+
+
+def _paired_times(
+    first: Callable[[], object], second: Callable[[], object], repeats: int, device: torch.device
+) -> tuple[float, float, float]:
+    """Median seconds of each and the median of per-pair ratios second/first.
+
+    The two are timed alternately, so a background load that comes and goes hits both alike.
+    """
+    first(), second()  # warm-up
+    pairs = [(_seconds(first, device), _seconds(second, device)) for _ in range(repeats)]
+    ratio = statistics.median(b / a for a, b in pairs)
+    return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs), ratio
 
 
 def benchmark_trace(tokenizer: PreTrainedTokenizerBase, tokens: int, seed: int = 0) -> Trace:
@@ -125,7 +138,7 @@ def run_scoring_bench(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     tokens: int,
-    repeats: int = 3,
+    repeats: int = 5,
     eager_limit_gb: float = DEFAULT_EAGER_LIMIT_GB,
 ) -> ScoringBench:
     """Measure last-token step scoring (the default attention scorer) at ``tokens`` tokens."""
@@ -144,8 +157,10 @@ def run_scoring_bench(
     def scoring() -> torch.Tensor:
         return step_attention_mass(model, ids, [len(ids) - 1], buckets, num_buckets)
 
-    seconds_forward, peak_forward = _timed(forward, repeats, device)
-    seconds_scoring, peak_scoring = _timed(scoring, repeats, device)
+    seconds_forward, seconds_scoring, scoring_over_forward = _paired_times(
+        forward, scoring, repeats, device
+    )
+    peak_forward, peak_scoring = _peak_mb(forward, device), _peak_mb(scoring, device)
 
     config = model.config
     eager_gb = config.num_hidden_layers * config.num_attention_heads * tokens**2 * 4 / 2**30
@@ -162,7 +177,9 @@ def run_scoring_bench(
             finally:
                 config._attn_implementation = "sdpa"
 
-        seconds_eager, peak_eager = _timed(eager, 1, device)
+        eager()  # warm-up
+        seconds_eager = _seconds(eager, device)
+        peak_eager = _peak_mb(eager, device)
         last_rows = torch.stack([a[0, :, -1, :].float() for a in result.pop("attn")]).cpu()
         reference = torch.zeros(last_rows.shape[:2] + (num_buckets,)).index_add_(
             2, buckets, last_rows
@@ -171,7 +188,7 @@ def run_scoring_bench(
     return ScoringBench(
         tokens=tokens,
         max_abs_diff=max_abs_diff,
-        scoring_over_forward=seconds_scoring / seconds_forward,
+        scoring_over_forward=scoring_over_forward,
         eager_over_scoring=None if seconds_eager is None else seconds_eager / seconds_scoring,
         peak_mb_scoring=peak_scoring,
         peak_mb_eager=peak_eager,

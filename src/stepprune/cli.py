@@ -173,7 +173,7 @@ def bench_scoring(
     model: Annotated[str, typer.Option(help="Model (default: the bundled SmolLM2).")] = "bundled",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
-    repeats: Annotated[int, typer.Option(help="Timed repeats (median).")] = 3,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (median).")] = 5,
     eager_limit_gb: Annotated[
         float, typer.Option(help="Run eager only if its attention weights fit in this (GiB).")
     ] = 8.0,
@@ -256,3 +256,35 @@ def show(
         raise typer.Exit(2) from None
     if written is not None:
         Console(stderr=True).print(f"HTML page: {written}", highlight=False, soft_wrap=True)
+
+
+@bench_app.command("scorers")
+def bench_scorers(
+    model: Annotated[str, typer.Option(help="Model (default: the bundled SmolLM2).")] = "bundled",
+    scorers: Annotated[
+        str | None,
+        typer.Option(help="Scorer specs separated by ';' (default: every built-in variant)."),
+    ] = None,
+    problems: Annotated[int, typer.Option(help="Planted problems.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the planted set and the bootstrap.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Planted-step ground truth: AUROC (95% CI), answer recovery and lift of every scorer."""
+    from stepprune.bench_scorers import results_table_markdown, run_scorer_benchmark
+
+    console = Console(stderr=True)
+    specs = [s.strip() for s in scorers.split(";") if s.strip()] if scorers else None
+    try:
+        loaded, tokenizer = load_model(model, device, dtype)
+        results = run_scorer_benchmark(
+            loaded, tokenizer, specs, n_problems=problems, seed=seed, console=console
+        )
+    except USER_ERRORS as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        typer.echo(results_table_markdown(results))
