@@ -14,11 +14,10 @@ import pytest
 
 import stepprune.bench_scorers as bench
 from stepprune.bench_scorers import (
-    DEFAULT_SCORER_CANDIDATES,
+    DEFAULT_SCORERS,
     ScorerResult,
     auroc,
     bootstrap_ci,
-    default_scorers,
     results_table_markdown,
     run_scorer_benchmark,
 )
@@ -193,15 +192,13 @@ def test_unknown_specs_and_bad_thresholds_fail_before_any_work(tiny) -> None:
         run_scorer_benchmark(*tiny, ["length"], n_problems=1, thresholds=(1.5,), progress=False)
 
 
-def test_default_scorers_are_the_registered_candidates() -> None:
-    names = set(SCORERS.names)
-    defaults = default_scorers()
-    assert defaults == [s for s in DEFAULT_SCORER_CANDIDATES if s.split(":")[0] in names]
-    for spec in ["attention", "random", "length", "position", "uniform"]:
-        assert spec in defaults
-    assert ("ablation" in defaults) == ("ablation" in names)
-    for spec in defaults:
-        SCORERS.build(spec)
+def test_default_scorers_build_and_cover_every_family() -> None:
+    built = [SCORERS.build(spec) for spec in DEFAULT_SCORERS]
+    assert len({b.spec for b in built}) == len(DEFAULT_SCORERS)  # no two specs are the same
+    names = {spec.split(":")[0] for spec in DEFAULT_SCORERS}
+    assert names == {"attention", "ablation", "random", "length", "position", "uniform"}
+    queries = {b.query for b in built if b.spec.startswith("attention")}
+    assert queries == {"last", "answer", "probe"}
 
 
 # -- output -----------------------------------------------------------------------------------

@@ -40,13 +40,19 @@ from stepprune.scorers import SCORERS, Scorer
 from stepprune.steps import attach_labels, segment_paragraphs
 from stepprune.store import threshold_key
 
-# The scorers the benchmark runs by default, where the registry has them (``ablation`` and
-# further attention options arrive in the registry separately; see :func:`default_scorers`).
-DEFAULT_SCORER_CANDIDATES: tuple[str, ...] = (
+# The scorers the benchmark runs by default: the notebook's score, each attention option on its
+# own, the ablation reference, and the baselines.
+DEFAULT_SCORERS: tuple[str, ...] = (
     "attention",
     "attention:agg=mean",
     "attention:layers=first-half",
     "attention:layers=last-half",
+    "attention:heads=max",
+    "attention:heads=receiver",
+    "attention:sink=exclude",
+    "attention:query=answer",
+    "attention:query=probe",
+    "attention:query=probe,agg=mean",
     "ablation",
     "random",
     "length",
@@ -64,17 +70,6 @@ ANSWER_BATCH_SIZE = 8
 LENGTH_BASELINE = "length"
 POSITION_BASELINE = "position"
 PRUNING_POLICY = "percentile"
-
-
-def default_scorers() -> list[str]:
-    """The default scorer specs whose scorer name is registered now, in benchmark order."""
-    names = set(SCORERS.names)
-    return [spec for spec in DEFAULT_SCORER_CANDIDATES if spec.partition(":")[0] in names]
-
-
-# Filtered when this module is imported; call :func:`default_scorers` (or pass
-# ``scorer_specs=None``) to filter again against scorers registered later.
-DEFAULT_SCORERS: list[str] = default_scorers()
 
 
 @dataclass
@@ -279,7 +274,7 @@ def run_scorer_benchmark(
 
     Args:
         model, tokenizer: Any causal LM of the pipeline (e.g. from ``load_model``).
-        scorer_specs: Scorer spec strings; None runs :func:`default_scorers`. An unknown
+        scorer_specs: Scorer spec strings; None runs ``DEFAULT_SCORERS``. An unknown
             scorer or option raises the registry's ``SpecError`` before any work is done.
         n_problems, seed: Size and seed of the planted set (``generate_planted``).
         thresholds: Pruning thresholds of the percentile policy, each in [0, 1).
@@ -300,7 +295,7 @@ def run_scorer_benchmark(
         raise ValueError(f"n_problems must be >= 1, got {n_problems}")
     if answer_max_tokens < 1:
         raise ValueError(f"answer_max_tokens must be >= 1, got {answer_max_tokens}")
-    specs = list(default_scorers() if scorer_specs is None else scorer_specs)
+    specs = list(DEFAULT_SCORERS if scorer_specs is None else scorer_specs)
     if not specs:
         raise ValueError("give at least one scorer spec")
     scorers: list[Scorer] = [SCORERS.build(spec) for spec in specs]

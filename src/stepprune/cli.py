@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +25,17 @@ app = typer.Typer(
 
 # Errors that are the user's input, reported as one line with a non-zero exit, no traceback.
 USER_ERRORS = (DatasetError, ModelLoadError, RunFolderError, SpecError, ValueError)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn an error in the user's input into one line on stderr and exit code 2."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        # Plain echo: a rich console would wrap the message over several lines.
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _parse_thresholds(text: str) -> list[float]:
@@ -117,7 +130,7 @@ def run(
 ) -> None:
     """Generate traces, score and prune their steps, re-evaluate at each threshold, report."""
     console = Console(stderr=True)
-    try:
+    with user_errors():
         config = RunConfig(
             model=model,
             dataset=dataset,
@@ -144,10 +157,6 @@ def run(
             out=str(out) if out else None,
         )
         summary, folder = run_experiment(config, console)
-    except USER_ERRORS as error:
-        # Plain echo: a rich console would wrap the message over several lines.
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     base = summary["thresholds"].get("0.0") or next(iter(summary["thresholds"].values()))
     truncation = summary.get("truncation_rate")
     console.print(
@@ -183,12 +192,9 @@ def bench_scoring(
     from stepprune.bench_scoring import run_scoring_bench
 
     console = Console(stderr=True)
-    try:
+    with user_errors():
         loaded, tokenizer = load_model(model, device, dtype)
         result = run_scoring_bench(loaded, tokenizer, tokens, repeats, eager_limit_gb)
-    except USER_ERRORS as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     _print_json_or_table(result.to_json(), as_json, console)
 
 
@@ -204,12 +210,9 @@ def bench_kv(
     from stepprune.bench_kv import run_kv_bench
 
     console = Console(stderr=True)
-    try:
+    with user_errors():
         loaded, tokenizer = load_model(model, device, dtype)
         result = run_kv_bench(loaded, tokenizer, tokens)
-    except USER_ERRORS as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     _print_json_or_table(result.to_json(), as_json, console)
 
 
@@ -224,12 +227,9 @@ def report(
     from stepprune.compare import default_report_dir, write_report
 
     console = Console(stderr=True)
-    try:
+    with user_errors():
         folder = out or default_report_dir(run_dirs)
         write_report(run_dirs, folder, console)
-    except USER_ERRORS as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     console.print(f"report written to {folder}/", highlight=False, soft_wrap=True)
 
 
@@ -249,11 +249,8 @@ def show(
     from stepprune.show import show_problem
 
     console = Console()
-    try:
+    with user_errors():
         written = show_problem(run_dir, problem, sample, threshold, html, console)
-    except USER_ERRORS as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     if written is not None:
         Console(stderr=True).print(f"HTML page: {written}", highlight=False, soft_wrap=True)
 
@@ -276,14 +273,11 @@ def bench_scorers(
 
     console = Console(stderr=True)
     specs = [s.strip() for s in scorers.split(";") if s.strip()] if scorers else None
-    try:
+    with user_errors():
         loaded, tokenizer = load_model(model, device, dtype)
         results = run_scorer_benchmark(
             loaded, tokenizer, specs, n_problems=problems, seed=seed, console=console
         )
-    except USER_ERRORS as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in results], indent=2))
     else:

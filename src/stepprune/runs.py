@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from stepprune.schema import Record, Trace
-from stepprune.store import CONFIG_FILE, RECORDS_FILE, TRACES_FILE, RunFolderError, threshold_key
+from stepprune.store import (
+    CONFIG_FILE,
+    RECORDS_FILE,
+    TRACES_FILE,
+    RunFolderError,
+    read_jsonl,
+    threshold_key,
+)
 
 SUMMARY_FILE = "summary.json"
 CONTROL_PREFIX = "random"
@@ -97,31 +104,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RunFolderError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a partial last line (no trailing newline) is skipped, not cut.
-
-    Raises:
-        RunFolderError: a complete line that is not a JSON object (a corrupted file).
-    """
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    rows: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            # Only the unterminated tail can be an interrupted write; anything else is damage.
-            if number == len(lines) and not raw.endswith(b"\n"):
-                continue
-            raise RunFolderError(f"{path}: line {number}: invalid JSON ({error.msg})") from None
-        if not isinstance(row, dict):
-            raise RunFolderError(f"{path}: line {number}: expected a JSON object")
-        rows.append(row)
-    return rows
 
 
 def _parse_rows(path: Path, rows: list[dict[str, Any]], cls: type[Any]) -> list[Any]:

@@ -50,8 +50,13 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL file, dropping (and truncating away) a partial last line left by a kill."""
+def read_jsonl(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """Rows of a JSONL file. A partial last line (no trailing newline: a write cut by a kill) is
+    skipped, and with ``repair`` also truncated away so that later appends stay aligned.
+
+    Raises:
+        RunFolderError: a complete line that is not a JSON object (a corrupted file).
+    """
     if not path.exists():
         return []
     raw = path.read_bytes()
@@ -61,13 +66,17 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as error:
-            is_unterminated_tail = number == len(lines) and not raw.endswith(b"\n")
-            if not is_unterminated_tail:
+            if number != len(lines) or raw.endswith(b"\n"):
                 raise RunFolderError(f"{path}: line {number}: invalid JSON ({error.msg})") from None
-            with path.open("r+b") as handle:  # cut the partial line so appends stay aligned
-                handle.truncate(len(raw) - len(line))
+            if repair:
+                with path.open("r+b") as handle:
+                    handle.truncate(len(raw) - len(line))
+            continue
+        if not isinstance(row, dict):
+            raise RunFolderError(f"{path}: line {number}: expected a JSON object")
+        rows.append(row)
     return rows
 
 
@@ -97,14 +106,14 @@ class RunStore:
                     )
         write_atomic(config_path, json.dumps({**config, "identity": identity}, indent=2) + "\n")
         self.traces: dict[tuple[str, int], Trace] = {}
-        for row in _read_jsonl(out / TRACES_FILE):
+        for row in read_jsonl(out / TRACES_FILE, repair=True):
             trace = Trace.from_json(row)
             self.traces[(trace.problem_id, trace.sample)] = trace
         self.scores: dict[tuple[str, int, str], list[float]] = {}
-        for row in _read_jsonl(out / SCORES_FILE):
+        for row in read_jsonl(out / SCORES_FILE, repair=True):
             self.scores[(row["problem_id"], row["sample"], row["scorer"])] = row["importances"]
         self.records: dict[tuple[str, int, str, str], Record] = {}
-        for row in _read_jsonl(out / RECORDS_FILE):
+        for row in read_jsonl(out / RECORDS_FILE, repair=True):
             record = Record.from_json(row)
             self.records[record_key(record)] = record
 
