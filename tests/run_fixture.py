@@ -1,8 +1,8 @@
 """Small run folders written by hand (no model), shared by the report and viewer tests.
 
-The folder has the layout of ``stepprune run --out``: config.json, traces.jsonl, records.jsonl and
-(optionally) summary.json. Correctness is given per (scorer, threshold, problem, sample), so the
-tests can compute every expected number by hand.
+The folder has the layout of ``stepprune run --out``: config.json, traces.jsonl, records.jsonl,
+controls.jsonl and (optionally) summary.json. Correctness is given per (scorer, threshold,
+problem, sample), so the tests can compute every expected number by hand.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 
 from stepprune.schema import Record, Step, Trace
+from stepprune.store import CONTROLS_FILE, RECORDS_FILE, records_file
 
 ATTENTION = "attention:query=last,layers=all,agg=sum"
-RANDOM = "random:seed=0"
+RANDOM = "random-control:seed=0"  # the control `stepprune run` adds
 
 # Per step: (text, importance, label). Importances sum to 1; step 2 holds a script tag that
 # every renderer must escape.
@@ -126,10 +127,13 @@ def write_run(
     with (folder / "traces.jsonl").open("w", encoding="utf-8") as handle:
         for trace in traces:
             handle.write(json.dumps(trace.to_json()) + "\n")
-    with (folder / "records.jsonl").open("w", encoding="utf-8") as handle:
-        for (scorer, threshold), outcomes in OUTCOMES.items():
-            if scorer == RANDOM and not with_random:
-                continue
+    for name in (RECORDS_FILE, CONTROLS_FILE):
+        (folder / name).unlink(missing_ok=True)
+    for (scorer, threshold), outcomes in OUTCOMES.items():
+        if scorer == RANDOM and not with_random:
+            continue
+        # Control records go to controls.jsonl, as `stepprune run` writes them.
+        with (folder / records_file(scorer)).open("a", encoding="utf-8") as handle:
             for problem_id, samples in outcomes.items():
                 for sample, correct in enumerate(samples):
                     record = make_record(

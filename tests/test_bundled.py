@@ -43,17 +43,15 @@ def test_run_on_the_embedded_default(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--limit", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 1 * 6 * 2  # the scorer and its random control
+    assert len(records) == 2 * 1 * 6  # problems x samples x thresholds
+    controls = (out / "controls.jsonl").read_text().splitlines()
+    assert len(controls) == len(records)  # the random control, at the same kept fractions
     traces = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
     assert all(t["steps"] and t["original_correct"] for t in traces)
     # The model answers every context (the cue opens a box it closes), and grading extracts it.
     assert all(r["answer_text"].startswith("The answer is \\boxed{") for r in records)
     assert sum(r["prediction"] is not None for r in records) >= len(records) // 2
-    kept = {
-        r["threshold"]: r["tokens_kept"]
-        for r in records
-        if r["problem_id"] == "planted-000" and r["scorer"].startswith("attention")
-    }
+    kept = {r["threshold"]: r["tokens_kept"] for r in records if r["problem_id"] == "planted-000"}
     assert kept[0.0] == sum(s["end"] - s["start"] for s in traces[0]["steps"])
     assert kept[0.5] < kept[0.0]
     assert (out / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -31,12 +31,12 @@ def test_planted_run_writes_everything_and_resumes(tiny_r1_dir: Path, tmp_path: 
     assert code == 0, output
     for name in [*OUTPUTS, "importance.png"]:
         assert (out / name).stat().st_size > 0, name
-    traces, records = _lines(out / "traces.jsonl"), _lines(out / "records.jsonl")
-    # problems x samples x thresholds, for the scorer and for its random control
-    assert len(traces) == 3 * 2 and len(records) == 3 * 2 * 2 * 2
-    main = [r for r in records if r["scorer"].startswith("attention")]
-    control = [r for r in records if r["scorer"].startswith("random-control")]
-    assert len(main) == len(control) == 12
+    traces, main = _lines(out / "traces.jsonl"), _lines(out / "records.jsonl")
+    control = _lines(out / "controls.jsonl")
+    # problems x samples x thresholds, for the scorer and, in its own file, its random control
+    assert len(traces) == 3 * 2 and len(main) == len(control) == 3 * 2 * 2
+    assert all(r["scorer"].startswith("attention") for r in main)
+    assert all(r["scorer"].startswith("random-control") for r in control)
     by_key = {(r["problem_id"], r["sample"], r["threshold"]): r for r in main}
     for r in control:  # the control keeps as many steps as the scorer, chosen at random
         assert (
@@ -59,10 +59,11 @@ def test_planted_run_writes_everything_and_resumes(tiny_r1_dir: Path, tmp_path: 
     # The same command again does no new work; an extra threshold adds only its records.
     code, output = _run(*args, "--thresholds", "0,0.5")
     assert code == 0, output
-    assert len(_lines(out / "records.jsonl")) == 24 and len(_lines(out / "traces.jsonl")) == 6
+    assert len(_lines(out / "records.jsonl")) == 12 and len(_lines(out / "controls.jsonl")) == 12
+    assert len(_lines(out / "traces.jsonl")) == 6
     code, output = _run(*args, "--thresholds", "0,0.3,0.5")
     assert code == 0, output
-    records = _lines(out / "records.jsonl")
+    records = _lines(out / "records.jsonl") + _lines(out / "controls.jsonl")
     assert len(records) == 36 and len(_lines(out / "traces.jsonl")) == 6
     keys = {(r["problem_id"], r["sample"], r["threshold"], r["scorer"]) for r in records}
     assert len(keys) == 36

@@ -28,8 +28,13 @@ def _lines(path: Path) -> int:
 
 
 def _records(out: Path) -> list[str]:
-    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    return sorted(json.dumps(r, sort_keys=True) for r in rows)
+    """Records and control records of a run folder, sorted, as canonical JSON."""
+    lines = [
+        line
+        for name in ("records.jsonl", "controls.jsonl")
+        for line in (out / name).read_text().splitlines()
+    ]
+    return sorted(json.dumps(json.loads(line), sort_keys=True) for line in lines)
 
 
 def _run_killed(command: list[str], out: Path, watch: str, after_lines: int) -> None:
@@ -64,13 +69,13 @@ def test_resume_after_kills_matches_an_uninterrupted_run(tiny_r1_dir: Path, tmp_
         ("traces.jsonl", 1),
         ("records.jsonl", 1),
         ("traces.jsonl", 3),
-        ("records.jsonl", 14),
-        ("records.jsonl", 30),
+        ("controls.jsonl", 1),
+        ("records.jsonl", 12),
     ]
     left = []
     for watch, after in kill_points:
         _run_killed(command, out, watch, after)
-        left.append(_lines(out / "records.jsonl"))
+        left.append(_lines(out / "records.jsonl") + _lines(out / "controls.jsonl"))
     # The kills did interrupt work: before any record, and between records.
     assert left[0] == 0 and any(0 < n < len(expected) for n in left)
     subprocess.run(command, env=env, check=True, capture_output=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from stepprune.schema import Record, Step, Trace
-from stepprune.store import RECORDS_FILE, TRACES_FILE, RunFolderError, RunStore
+from stepprune.store import CONTROLS_FILE, RECORDS_FILE, TRACES_FILE, RunFolderError, RunStore
 
 IDENTITY = {"model": "m", "dataset": "d", "seed": 0}
 
@@ -32,6 +33,17 @@ def test_round_trip_and_reopen(tmp_path: Path) -> None:
     assert again.has_record("a", 0, 0.1, "s") and not again.has_record("a", 0, 0.2, "s")
     assert not again.has_record("a", 0, 0.1, "random-control")
     assert json.loads((tmp_path / "config.json").read_text())["identity"] == IDENTITY
+
+
+def test_control_records_go_to_their_own_file(tmp_path: Path) -> None:
+    store = RunStore(tmp_path, IDENTITY, {})
+    control = replace(_record("a", 0.1), scorer="random-control:seed=0")
+    store.add_records([_record("a", 0.1), control])
+    assert len((tmp_path / RECORDS_FILE).read_text().splitlines()) == 1
+    assert len((tmp_path / CONTROLS_FILE).read_text().splitlines()) == 1
+    again = RunStore(tmp_path, IDENTITY, {})
+    assert again.has_record("a", 0, 0.1, "s")
+    assert again.has_record("a", 0, 0.1, "random-control:seed=0")
 
 
 def test_partial_last_line_from_a_kill_is_dropped(tmp_path: Path) -> None:

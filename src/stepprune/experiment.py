@@ -53,7 +53,7 @@ from stepprune.steps import (
     attach_labels,
     segment_paragraphs,
 )
-from stepprune.store import RunStore, threshold_key, write_atomic
+from stepprune.store import CONTROL_SCORER, RunStore, threshold_key, write_atomic
 
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 MODES = ("text", "kv", "online")
@@ -239,7 +239,7 @@ class Experiment:
         """The random control's spec, or None when there is none (online mode, --no-control)."""
         if not self.config.control or self.config.mode == "online":
             return None
-        return f"random-control:seed={self.config.seed}"
+        return f"{CONTROL_SCORER}:seed={self.config.seed}"
 
     def control_mask(self, trace: Trace, threshold: float, kept: int) -> tuple[bool, ...]:
         """``kept`` steps chosen at random, seeded by run seed, trace and threshold: the control

@@ -17,6 +17,7 @@ from typing import Any
 from stepprune.schema import Record, Trace
 from stepprune.store import (
     CONFIG_FILE,
+    CONTROLS_FILE,
     RECORDS_FILE,
     TRACES_FILE,
     RunFolderError,
@@ -159,8 +160,9 @@ def load_run(path: Path | str) -> Run:
     for trace in _parse_rows(trace_path, read_jsonl(trace_path), Trace):
         traces[(trace.problem_id, trace.sample)] = trace
     records: dict[tuple[str, int, str, str, str, str], Record] = {}
-    for record in _parse_rows(record_path, read_jsonl(record_path), Record):
-        records[record_key(record)] = record
+    for path in (record_path, folder / CONTROLS_FILE):  # controls.jsonl is optional
+        for record in _parse_rows(path, read_jsonl(path), Record):
+            records[record_key(record)] = record
     summary_path = folder / SUMMARY_FILE
     summary = _read_json(summary_path) if summary_path.is_file() else None
     return Run(folder, config, list(traces.values()), list(records.values()), summary)

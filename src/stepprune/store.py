@@ -6,6 +6,8 @@ Layout of ``--out``::
     traces.jsonl     one line per problem x sample (prompt/output ids, steps, importances)
     scores.jsonl     importances of the traces under other scorers (traces are reused)
     records.jsonl    one line per problem x sample x threshold x scorer
+    controls.jsonl   the same for the random-pruning control (kept apart, so records.jsonl
+                     holds exactly problems x samples x thresholds for each scorer)
     summary.json, results.md, importance.png   written at the end of every run
 
 Lines are appended and flushed one by one. A run killed mid-write leaves at most one partial last
@@ -27,6 +29,14 @@ CONFIG_FILE = "config.json"
 TRACES_FILE = "traces.jsonl"
 RECORDS_FILE = "records.jsonl"
 SCORES_FILE = "scores.jsonl"
+CONTROLS_FILE = "controls.jsonl"
+# Scorer specs of the random-pruning control that `stepprune run` adds beside every scorer.
+CONTROL_SCORER = "random-control"
+
+
+def records_file(scorer: str) -> str:
+    """The file that holds records of ``scorer``: the random control's go to their own file."""
+    return CONTROLS_FILE if scorer.startswith(CONTROL_SCORER) else RECORDS_FILE
 
 
 class RunFolderError(RuntimeError):
@@ -113,9 +123,10 @@ class RunStore:
         for row in read_jsonl(out / SCORES_FILE, repair=True):
             self.scores[(row["problem_id"], row["sample"], row["scorer"])] = row["importances"]
         self.records: dict[tuple[str, int, str, str], Record] = {}
-        for row in read_jsonl(out / RECORDS_FILE, repair=True):
-            record = Record.from_json(row)
-            self.records[record_key(record)] = record
+        for name in (RECORDS_FILE, CONTROLS_FILE):
+            for row in read_jsonl(out / name, repair=True):
+                record = Record.from_json(row)
+                self.records[record_key(record)] = record
 
     def _append(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
         with (self.out / name).open("a", encoding="utf-8") as handle:
@@ -129,7 +140,10 @@ class RunStore:
         self.traces[(trace.problem_id, trace.sample)] = trace
 
     def add_records(self, records: list[Record]) -> None:
-        self._append(RECORDS_FILE, [r.to_json() for r in records])
+        for name in (RECORDS_FILE, CONTROLS_FILE):
+            rows = [r.to_json() for r in records if records_file(r.scorer) == name]
+            if rows:
+                self._append(name, rows)
         for r in records:
             self.records[record_key(r)] = r
 
