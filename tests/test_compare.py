@@ -27,9 +27,9 @@ from tests.run_fixture import ATTENTION, RANDOM, per_problem, write_run
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def console() -> tuple[Console, io.StringIO]:
+def console(width: int = 250) -> tuple[Console, io.StringIO]:
     buffer = io.StringIO()
-    return Console(file=buffer, width=250, color_system=None), buffer
+    return Console(file=buffer, width=width, color_system=None), buffer
 
 
 # -- runs.load_run ---------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_default_report_dir() -> None:
 def test_write_report_single_run(tmp_path: Path) -> None:
     run_dir = write_run(tmp_path / "run")
     out = tmp_path / "report"
-    con, buffer = console()
+    con, buffer = console(width=80)
     report = write_report([run_dir], out, con, max_importance_plots=3)
 
     for name in ("accuracy_vs_kept.png", "tokens_saved.png"):
@@ -248,8 +248,13 @@ def test_write_report_single_run(tmp_path: Path) -> None:
     assert "![accuracy vs kept](accuracy_vs_kept.png)" in md
     assert "original answers' pass@1 100.0%" in md
 
+    # The terminal shows the same numbers, intervals in whole points, within 80 columns.
     text = buffer.getvalue()
-    assert "37.5% [" in text and "+25.0 pts [" in text and "report written to" in text
+    table, written = text.rsplit("report written to", 1)
+    assert "…" not in table and max(len(line) for line in table.splitlines()) <= 80
+    assert f"{ATTENTION} · text" in text and f"{RANDOM} · text" in text
+    assert "37.5%" in text and f"{100 * lo:.0f}–{100 * hi:.0f}" in text
+    assert "+25.0" in text and "report written to" not in table and "report.md" in written
 
 
 def test_write_report_several_runs_side_by_side(tmp_path: Path) -> None:

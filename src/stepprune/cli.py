@@ -230,7 +230,6 @@ def report(
     with user_errors():
         folder = out or default_report_dir(run_dirs)
         write_report(run_dirs, folder, console)
-    console.print(f"report written to {folder}/", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -26,6 +26,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -365,16 +366,62 @@ def report_markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
+def _compact(value: float | None, ci: Sequence[float] | None, signed: bool = False) -> str:
+    """A percentage (or signed points) over its interval in whole points, on two short lines
+    for a terminal."""
+    if value is None:
+        return ""
+    top = f"{100.0 * value:+.1f}" if signed else _pct(value)
+    if ci is None:
+        return top
+    fmt = "{:+.0f}" if signed else "{:.0f}"
+    return f"{top}\n{fmt.format(100.0 * ci[0])}–{fmt.format(100.0 * ci[1])}"
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
-    """The report's table on a rich console, with one overview line per run as caption."""
-    header, cells = _table(report)
-    table = Table(title="stepprune report", caption="\n".join(map(_overview_line, report["runs"])))
-    for name in header:
-        numeric = name not in ("Run", "Scorer", "Mode")
-        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
-    for line in cells:
-        table.add_row(*line)
-    console.print(table)
+    """The report on a rich console, compact enough for 80 columns: one table per run x scorer
+    x mode (the title names them), each value over its interval, and one overview line per run.
+    Report.md has the same numbers with full headers."""
+    level = f"{report['statistics']['level']:.0%}"
+    with_run = len(report["runs"]) > 1
+    for run in report["runs"]:
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in run["rows"]:
+            groups.setdefault((row["scorer"], row["mode"]), []).append(row)
+        for (scorer, mode), rows in groups.items():
+            title = " · ".join([run["label"]] * with_run + [scorer, mode])
+            table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+            names = ["t", "n", "pass@1", "Δ base", "kept", "saved"]
+            with_control = any(row["control_pass1"] is not None for row in rows)
+            if with_control:
+                names += ["random", "r.kept", "Δ random"]
+            for name in names:
+                table.add_column(name, justify="right")
+            for row in rows:
+                cells = [
+                    format_threshold(row["threshold"]),
+                    str(row["problems"]),
+                    _compact(row["pass1"], row["pass1_ci"]),
+                    _compact(row["delta"], row["delta_ci"], signed=True) or "base",
+                    _pct(row["kept_fraction"]),
+                    f"{row['tokens_saved']:.0f}\n{_pct(row['tokens_saved_fraction'])}",
+                ]
+                if with_control:
+                    cells += [
+                        _compact(row["control_pass1"], row["control_ci"]),
+                        _pct(row["control_kept_fraction"]) if row["control_pass1"] else "",
+                        _compact(row["vs_control"], row["vs_control_ci"], signed=True),
+                    ]
+                table.add_row(*cells, end_section=True)
+            console.print(table)
+    console.print(
+        f"pass@1 and differences (points) with {level} bootstrap intervals over problems; "
+        "kept = share of reasoning tokens kept, saved = tokens removed per trace; random = the "
+        "random-pruning control at the same threshold.",
+        highlight=False,
+    )
+    for run in report["runs"]:
+        console.print(_overview_line(run), highlight=False)
 
 
 # -- plots -----------------------------------------------------------------------------------
@@ -568,5 +615,9 @@ def write_report(
     (out_dir / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if console is not None:
         print_report(report, console)
-        console.print(f"report written to {out_dir}/: {', '.join(f.name for f in files)}")
+        console.print(
+            f"report written to {out_dir}/: {', '.join(f.name for f in files)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     return report
