@@ -61,6 +61,20 @@ def tiny_model(arch: str, vocab_size: int = 151936, seed: int = 0, **overrides) 
     return model_cls(config).eval()
 
 
+def eager_attentions(model: PreTrainedModel, ids: list[int] | torch.Tensor) -> tuple[torch.Tensor]:
+    """The reference: full attention matrices from eager ``output_attentions``, one
+    ``(batch, heads, queries, keys)`` tensor per layer. The model's implementation is restored
+    afterwards."""
+    ids = ids if isinstance(ids, torch.Tensor) else torch.tensor([ids])
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        with torch.inference_mode():
+            return model(ids, output_attentions=True).attentions
+    finally:
+        model.config._attn_implementation = previous
+
+
 @pytest.fixture(scope="session")
 def r1_tokenizer() -> PreTrainedTokenizerBase:
     if not R1.is_dir():

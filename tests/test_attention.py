@@ -6,16 +6,7 @@ import pytest
 import torch
 
 from stepprune.attention import CAPTURE_IMPLEMENTATION, capture_attention, last_token_attention
-from tests.conftest import tiny_model
-
-
-def _eager_attentions(model, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    model.config._attn_implementation = "eager"
-    try:
-        with torch.inference_mode():
-            return model(ids, output_attentions=True).attentions
-    finally:
-        model.config._attn_implementation = "sdpa"
+from tests.conftest import eager_attentions, tiny_model
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
@@ -23,7 +14,7 @@ def test_last_token_rows_match_eager(arch: str) -> None:
     model = tiny_model(arch, vocab_size=200)
     ids = torch.randint(0, 200, (1, 57), generator=torch.Generator().manual_seed(1))
     rows = last_token_attention(model, ids[0].tolist())
-    reference = torch.stack([a[0, :, -1, :].mean(dim=0) for a in _eager_attentions(model, ids)])
+    reference = torch.stack([a[0, :, -1, :].mean(dim=0) for a in eager_attentions(model, ids)])
     assert rows.shape == (model.config.num_hidden_layers, 57)
     assert (rows - reference).abs().max().item() < 1e-5
     # Each row is a distribution over the causal prefix.
@@ -37,7 +28,7 @@ def test_per_head_rows_of_several_positions_match_eager(arch: str) -> None:
     positions = [0, 7, -2, -1]
     with torch.inference_mode(), capture_attention(model, positions, per_head=True) as capture:
         model(ids)
-    reference = torch.stack([a[0][:, positions, :] for a in _eager_attentions(model, ids)])
+    reference = torch.stack([a[0][:, positions, :] for a in eager_attentions(model, ids)])
     captured = capture.stacked()
     assert captured.shape == reference.shape == (3, 4, 4, 33)
     assert (captured - reference).abs().max().item() < 1e-5
@@ -54,7 +45,7 @@ def test_rows_with_a_key_cache_match_eager() -> None:
         with capture_attention(model, [0, 3, 5]) as capture:
             model(ids[:, 34:], past_key_values=cache, use_cache=True)
     reference = torch.stack(
-        [a[0][:, [34, 37, 39], :].mean(dim=0) for a in _eager_attentions(model, ids)]
+        [a[0][:, [34, 37, 39], :].mean(dim=0) for a in eager_attentions(model, ids)]
     )
     assert (capture.stacked() - reference).abs().max().item() < 1e-5
 

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from stepprune.attention import last_token_attention
 from stepprune.cli import app
 from stepprune.models import ChatFormat, load_model
+from tests.conftest import eager_attentions
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +28,7 @@ def test_scores_on_the_real_model_match_eager(bundled) -> None:
     ids = fmt.prompt_ids("Tom has 3 boxes of 12 apples. How many apples does he have?")
     ids += fmt.encode("He has 3 boxes of 12 apples, so 3 × 12 = 36.\n\nThe answer is 36.")
     rows = last_token_attention(model, ids)
-    model.config._attn_implementation = "eager"
-    try:
-        with torch.inference_mode():
-            attentions = model(torch.tensor([ids]), output_attentions=True).attentions
-    finally:
-        model.config._attn_implementation = "sdpa"
+    attentions = eager_attentions(model, ids)
     reference = torch.stack([a[0, :, -1, :].mean(dim=0) for a in attentions])
     assert rows.shape == (30, len(ids))
     assert (rows - reference).abs().max().item() < 1e-5

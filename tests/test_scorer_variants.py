@@ -15,7 +15,7 @@ from stepprune.scorers import SCORERS, AblationScorer, AttentionScorer
 from stepprune.scorers.ablation import answer_logprob, answer_target_ids
 from stepprune.scorers.attention import select_receiver_heads
 from stepprune.steps import segment_paragraphs
-from tests.conftest import tiny_model
+from tests.conftest import eager_attentions, tiny_model
 
 PROBLEM = Problem(
     id="p",
@@ -49,12 +49,7 @@ def _trace(tokenizer):
 def _reference_scores(model, trace, fmt, scorer: AttentionScorer) -> torch.Tensor:
     """The same score from eager ``output_attentions`` (full matrices), computed naively."""
     ids, positions = scorer._queries(trace, fmt)
-    model.config._attn_implementation = "eager"
-    try:
-        with torch.inference_mode():
-            attentions = model(torch.tensor([ids]), output_attentions=True).attentions
-    finally:
-        model.config._attn_implementation = "sdpa"
+    attentions = eager_attentions(model, ids)
     rows = torch.stack([a[0][:, positions, :] for a in attentions]).double()  # (L, H, Q, N)
     in_step = torch.zeros(len(ids), dtype=torch.bool)
     for s in trace.steps:

@@ -8,7 +8,7 @@ import torch
 from stepprune.registry import SpecError, parse_spec
 from stepprune.schema import Step, Trace
 from stepprune.scorers import SCORERS, AttentionScorer
-from tests.conftest import tiny_model
+from tests.conftest import eager_attentions, tiny_model
 
 
 def _trace(steps: list[tuple[int, int]], length: int = 40) -> Trace:
@@ -33,9 +33,7 @@ def test_attention_score_is_the_summed_layer_head_mean_of_the_last_row() -> None
     model = tiny_model("llama", vocab_size=100)
     trace = _trace([(5, 12), (14, 20), (20, 33)])
     scores = AttentionScorer().score(model, trace)
-    model.config._attn_implementation = "eager"
-    with torch.inference_mode():
-        attentions = model(torch.tensor([trace.all_ids]), output_attentions=True).attentions
+    attentions = eager_attentions(model, trace.all_ids)
     row = torch.stack([a[0, :, -1, :].mean(0) for a in attentions]).mean(0)
     raw = torch.stack([row[s.start : s.end].sum() for s in trace.steps])
     assert torch.allclose(torch.tensor(scores), (raw / raw.sum()).float(), atol=1e-6)
