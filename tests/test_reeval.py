@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 
 from stepprune.generation import build_trace, teacher_forced_output
+from stepprune.kvcache import prefill
 from stepprune.models import ChatFormat
-from stepprune.reeval import generate_answers, has_closed_box, text_context
-from stepprune.schema import Problem
+from stepprune.reeval import closing_ids, generate_answers, has_closed_box, text_context
+from stepprune.reeval_kv import kept_entries
+from stepprune.schema import Problem, Step, Trace
 from stepprune.steps import segment_paragraphs
 from tests.conftest import tiny_model
 
@@ -68,12 +71,69 @@ def test_full_context_keeps_every_step_in_order_and_closes_thinking(r1_tokenizer
     positions = [text.index(step.text.strip()) for step in trace.steps]
     assert positions == sorted(positions)
     assert text.endswith("34 apples in total.\n</think>\n\n")
-    assert "\n\n\n" not in text  # separators are normalised to one blank line
+    assert "\n\n\n" not in text
     # Every reasoning token of the trace is in the context, in order.
     reasoning = [i for s in trace.steps for i in trace.all_ids[s.start : s.end]]
     body = context[len(trace.prompt_ids) :]
     it = iter(body)
     assert all(token in it for token in reasoning)
+
+
+@pytest.mark.parametrize("name", ["r1_tokenizer", "qwen3_tokenizer", "qwen25_tokenizer"])
+def test_full_context_is_the_trace_itself(name: str, request) -> None:
+    """Threshold 0 re-reads the model's own tokens: no re-encoded separators."""
+    tokenizer = request.getfixturevalue(name)
+    fmt, trace = _trace(tokenizer)
+    keep = [True] * 4
+    context = text_context(fmt, trace, keep)
+    end = trace.reasoning_end
+    assert context[:end] == trace.all_ids[:end]
+    closing = closing_ids(fmt, trace, keep)
+    assert context[end:] == closing
+    if fmt.is_thinking:  # the cue is what the model wrote after its reasoning: </think>\n\n
+        assert closing == trace.all_ids[end : end + len(closing)]
+    # Dropping a step drops it with its separator; the rest are the model's own tokens.
+    pruned = text_context(fmt, trace, [True, False, True, True])
+    steps = trace.steps
+    expected = trace.all_ids[: steps[1].start] + trace.all_ids[steps[2].start : end]
+    assert pruned == expected + closing_ids(fmt, trace, [True, False, True, True])
+
+
+def test_separators_are_the_models_own_tokens(qwen25_tokenizer) -> None:
+    """A model may write a blank line as two "\\n" tokens, where encoding "\\n\\n" gives one:
+    the context must keep the model's tokens, not re-encode them."""
+    fmt = ChatFormat.from_tokenizer(qwen25_tokenizer)
+    newline = fmt.encode("\n")
+    assert fmt.encode("\n\n") != newline * 2  # the case this test is about
+    prompt = fmt.prompt_ids("What is 2 + 3?")
+    texts = ["First, 2 + 3 = 5.", "Check: 5 - 3 = 2, right."]
+    output, steps = [], []
+    for index, text in enumerate(texts):
+        start = len(prompt) + len(output)
+        output += fmt.encode(text)
+        steps.append(Step(index, start, len(prompt) + len(output), text))
+        output += newline * 2
+    end = len(prompt) + len(output)
+    output += fmt.encode("The answer is \\boxed{5}.")
+    trace = Trace("p", 0, prompt, output, len(prompt), end, True, True, True, False, steps)
+    context = text_context(fmt, trace, [True, True])
+    assert context[:end] == trace.all_ids[:end]
+    assert qwen25_tokenizer.decode(context[end:]) == "The answer is \\boxed{"
+
+
+@pytest.mark.parametrize("name", ["r1_tokenizer", "qwen25_tokenizer"])
+def test_kv_and_text_modes_see_the_same_sequence(name: str, request) -> None:
+    """Without eviction, the answer's first logits from the kv cache equal text mode's."""
+    tokenizer = request.getfixturevalue(name)
+    fmt, trace = _trace(tokenizer)
+    model = tiny_model("qwen2")
+    keep = [True] * 4
+    full, _ = prefill(model, trace.all_ids[: trace.reasoning_end])
+    pruned = full.gather(kept_entries(trace, keep), "original", model)
+    kv_logits = pruned.forward(model, closing_ids(fmt, trace, keep))[-1]
+    with torch.inference_mode():
+        text_logits = model(torch.tensor([text_context(fmt, trace, keep)])).logits[0, -1]
+    assert (kv_logits - text_logits).abs().max().item() < 1e-4
 
 
 def test_qwen3_context_reopens_thinking(qwen3_tokenizer) -> None:

@@ -306,14 +306,13 @@ class Experiment:
             self.config.answer_max_tokens,
             self.eos_ids,
         )
-        cue = len(self.format.answer_cue_ids())
         return [
             Outcome(
                 trace.steps,
                 list(mask),
                 r.answer.ids,
                 r.answer.truncated,
-                r.cache_tokens + cue,
+                r.context_tokens,
                 extra={
                     "positions": self.config.positions,
                     "cache_tokens": r.cache_tokens,

@@ -1,9 +1,12 @@
 """Text-mode re-evaluation: the model answers again from the prompt and the kept steps only.
 
-The context is built from token ids: the exact prompt, the exact ids of each kept step, short
-separators, and the end-of-reasoning cue (``</think>`` for thinking models, ``The answer is
-\\boxed{`` for others). The original answer section is never part of it, and threshold 0 goes
-through this same path.
+The context is built from the trace's own token ids: the exact prompt, each kept step, the
+model's own separator after it, and the end-of-reasoning cue (``</think>`` for thinking models,
+``The answer is \\boxed{`` for others). The original answer section is never part of it, and
+threshold 0 goes through this same path: with every step kept, the context is the trace's prompt
+and reasoning token for token. KV mode keeps the cache entries at the same positions
+(``kept_positions``) and appends the same cue (``closing_ids``), so both modes show the model the
+same sequence.
 """
 
 from __future__ import annotations
@@ -27,30 +30,53 @@ def _bridge(previous_text: str, wanted: str = "\n\n") -> str:
     return wanted
 
 
-def text_context(fmt: ChatFormat, trace: Trace, keep: Sequence[bool]) -> list[int]:
-    """Token ids of the re-evaluation context for one keep mask.
-
-    ``prompt + opening + kept steps (joined by blank lines) + cue``, where ``opening`` is what the
-    model wrote before its first step (e.g. Qwen3's ``<think>\\n``): whitespace and markers only.
-    """
+def _check_mask(trace: Trace, keep: Sequence[bool]) -> None:
     if len(keep) != len(trace.steps):
         raise ValueError(f"keep mask has {len(keep)} entries for {len(trace.steps)} steps")
-    ids = trace.all_ids
-    first = trace.steps[0].start if trace.steps else trace.reasoning_start
-    context = list(trace.prompt_ids) + ids[len(trace.prompt_ids) : first]
-    previous_text: str | None = None
-    for step, kept in zip(trace.steps, keep, strict=True):
-        if not kept:
-            continue
-        if previous_text is not None:
-            context += fmt.encode(_bridge(previous_text))
-        context += ids[step.start : step.end]
-        previous_text = step.text
+
+
+def kept_positions(trace: Trace, keep: Sequence[bool]) -> list[int]:
+    """Positions in ``trace.all_ids`` of what a keep mask leaves of prompt + reasoning.
+
+    The prompt and what the model wrote before its first step (e.g. Qwen3's ``<think>\\n``),
+    each kept step followed by the separator the model wrote after it when another kept step
+    follows, and the trace's final separator (between its last step and the end of reasoning).
+    Every step kept gives ``range(reasoning_end)``: the trace itself.
+    """
+    _check_mask(trace, keep)
+    if not trace.steps:
+        return list(range(trace.reasoning_end))
+    positions = list(range(trace.steps[0].start))
+    kept = [i for i, k in enumerate(keep) if k]
+    for i, j in zip(kept, [*kept[1:], None], strict=True):
+        step = trace.steps[i]
+        positions += range(step.start, step.end)
+        if j is not None:  # the separator after this step, up to where the next step began
+            positions += range(step.end, trace.steps[i + 1].start)
+    positions += range(trace.steps[-1].end, trace.reasoning_end)
+    return positions
+
+
+def closing_ids(fmt: ChatFormat, trace: Trace, keep: Sequence[bool]) -> list[int]:
+    """The end-of-reasoning cue that follows the kept tokens: ``</think>\\n\\n`` after a line
+    break (thinking models), or ``The answer is \\boxed{`` after a blank line (others)."""
+    return _closing_after(fmt, trace, kept_positions(trace, keep))
+
+
+def _closing_after(fmt: ChatFormat, trace: Trace, positions: list[int]) -> list[int]:
+    # The last few kept reasoning tokens show how many line breaks the kept text ends with.
+    reasoning = positions[len(trace.prompt_ids) :]
+    tail = fmt.tokenizer.decode([trace.all_ids[p] for p in reasoning[-8:]])
     if fmt.is_thinking:
-        closing = _bridge(previous_text or "\n", "\n") + f"{THINK_CLOSE}\n\n"
-    else:
-        closing = _bridge(previous_text or "\n\n") + fmt.answer_cue_text()
-    return context + fmt.encode(closing)
+        return fmt.encode(_bridge(tail or "\n", "\n") + f"{THINK_CLOSE}\n\n")
+    return fmt.encode(_bridge(tail or "\n\n") + fmt.answer_cue_text())
+
+
+def text_context(fmt: ChatFormat, trace: Trace, keep: Sequence[bool]) -> list[int]:
+    """Token ids of the re-evaluation context for one keep mask: the kept positions' tokens
+    (``kept_positions``) and the closing cue (``closing_ids``)."""
+    positions = kept_positions(trace, keep)
+    return [trace.all_ids[p] for p in positions] + _closing_after(fmt, trace, positions)
 
 
 def has_closed_box(text: str) -> bool:

@@ -1,8 +1,9 @@
 """KV-mode re-evaluation: answer from a pruned copy of the trace's own cache.
 
-The cache of prompt + full reasoning is computed once per trace. For each keep mask, the kept
-steps' entries (plus prompt and separators, which are never steps) are gathered into a copy, the
-end-of-reasoning cue is appended, and the answer is decoded greedily. Unlike text mode, the kept
+The cache of prompt + full reasoning is computed once per trace. For each keep mask, the entries
+at the positions text mode would keep (``reeval.kept_positions``: prompt, kept steps and their
+separators) are gathered into a copy, the same end-of-reasoning cue is appended
+(``reeval.closing_ids``), and the answer is decoded greedily. Unlike text mode, the kept
 entries still carry what they computed while the pruned steps were visible, and no re-prefill is
 needed per threshold.
 """
@@ -17,17 +18,19 @@ from transformers import PreTrainedModel
 
 from stepprune.kvcache import KVState, prefill
 from stepprune.models import ChatFormat
-from stepprune.reeval import Answer, has_closed_box
+from stepprune.reeval import Answer, closing_ids, has_closed_box, kept_positions
 from stepprune.schema import Trace
 
 
 @dataclass(frozen=True)
 class KVAnswer:
-    """An answer and the size of the cache it was decoded from (entries before the cue)."""
+    """An answer, the size of the cache it was decoded from (entries before the cue), and of
+    the whole context (cache and cue)."""
 
     answer: Answer
     cache_tokens: int
     full_cache_tokens: int
+    context_tokens: int
 
 
 @torch.inference_mode()
@@ -56,11 +59,10 @@ def decode_greedy(
 
 
 def kept_entries(trace: Trace, keep: Sequence[bool]) -> torch.Tensor:
-    """``(reasoning_end,)`` bool over prompt + reasoning positions: False on pruned steps."""
-    mask = torch.ones(trace.reasoning_end, dtype=torch.bool)
-    for step, kept in zip(trace.steps, keep, strict=True):
-        if not kept:
-            mask[step.start : step.end] = False
+    """``(reasoning_end,)`` bool over prompt + reasoning positions: True where text mode keeps
+    the token (``kept_positions``), False on pruned steps and the separators they leave."""
+    mask = torch.zeros(trace.reasoning_end, dtype=torch.bool)
+    mask[kept_positions(trace, keep)] = True
     return mask
 
 
@@ -75,12 +77,11 @@ def kv_answers(
 ) -> list[KVAnswer]:
     """One answer per keep mask, all from one prefill of ``prompt + reasoning``."""
     full, _ = prefill(model, trace.all_ids[: trace.reasoning_end])
-    cue = fmt.answer_cue_ids()
     results = []
     for keep in masks:
-        entries = kept_entries(trace, keep)
-        pruned = full.gather(entries, scheme, model)
+        pruned = full.gather(kept_entries(trace, keep), scheme, model)
         cache_tokens = pruned.length
+        cue = closing_ids(fmt, trace, keep)
         answer = decode_greedy(model, pruned, cue, max_new_tokens, eos_ids, fmt)
-        results.append(KVAnswer(answer, cache_tokens, full.length))
+        results.append(KVAnswer(answer, cache_tokens, full.length, cache_tokens + len(cue)))
     return results
