@@ -7,7 +7,7 @@ import random
 from stepprune.generation import build_trace
 from stepprune.models import ChatFormat
 from stepprune.schema import Problem
-from stepprune.steps import segment_paragraphs
+from stepprune.steps import BlockBreakWatcher, block_breaks, segment_paragraphs
 
 PARAGRAPHS = [
     "Okay, so I need to find how many apples Tom has.",
@@ -101,3 +101,33 @@ def test_marker_and_sentence_segmentation(r1_tokenizer) -> None:
         "The value 3.5 is irrelevant here.",
     ]
     assert len(sentences) == 6
+
+
+def test_a_text_without_blank_lines_is_split_at_its_lines(r1_tokenizer) -> None:
+    lines = [p for p in PARAGRAPHS if len(p) >= 10]
+    ids = r1_tokenizer.encode("\n".join(lines) + "\n", add_special_tokens=False)
+    steps = segment_paragraphs(r1_tokenizer, ids, 0, len(ids))
+    assert [s.text.strip() for s in steps] == lines
+    _assert_partition(r1_tokenizer, ids, 0, len(ids), steps)
+    # One blank line anywhere: paragraphs again, and single line breaks stay inside a step.
+    text = f"{lines[0]}\n{lines[1]}\n\n{lines[2]}\n{lines[3]}"
+    ids = r1_tokenizer.encode(text, add_special_tokens=False)
+    steps = segment_paragraphs(r1_tokenizer, ids, 0, len(ids))
+    assert [s.text.strip() for s in steps] == [f"{lines[0]}\n{lines[1]}", f"{lines[2]}\n{lines[3]}"]
+    # The line segmenter splits at every line end.
+    steps = segment_paragraphs(r1_tokenizer, ids, 0, len(ids), mode="line")
+    assert [s.text.strip() for s in steps] == lines
+
+
+def test_online_break_watcher_agrees_with_offline_blocks() -> None:
+    """Fed token by token, the watcher reports each block end that block_breaks finds (a blank
+    line written as two "\\n" tokens is reported at the second)."""
+    single_lines = ["a", " b", ".\n", "c", ".\n", "d"]
+    watcher = BlockBreakWatcher()
+    assert [watcher.feed(t) for t in single_lines] == block_breaks(single_lines)
+    two_token_blank = ["a", ".\n", "\n", "b", ".\n", "c", ".\n\n", "d"]
+    assert block_breaks(two_token_blank) == [False, True, False, False, False, False, True, False]
+    watcher = BlockBreakWatcher()
+    fed = [watcher.feed(t) for t in two_token_blank]
+    # Before the first blank line a line end counts; after it only blank lines do.
+    assert fed == [False, True, True, False, False, False, True, False]

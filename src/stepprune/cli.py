@@ -98,7 +98,11 @@ def run(
         str, typer.Option(help="Pruning policy: percentile | adaptive (TRAAC).")
     ] = "percentile",
     segmenter: Annotated[
-        str, typer.Option(help="Step boundaries: paragraph | sentence | markers.")
+        str,
+        typer.Option(
+            help="Step boundaries: paragraph (line ends if there is no blank line) | line | "
+            "sentence | markers."
+        ),
     ] = "paragraph",
     mode: Annotated[
         str,

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 
 from stepprune.models import THINK_OPEN, ChatFormat
 from stepprune.schema import Problem, Trace
-from stepprune.steps import paragraph_breaks, token_texts
+from stepprune.steps import block_breaks, token_texts
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,12 @@ def _cut_at_eos(output_ids: list[int], eos_ids: list[int]) -> tuple[list[int], b
 
 
 def _plain_answer_start(fmt: ChatFormat, output_ids: list[int]) -> int | None:
-    """For a model without ``</think>``: index in ``output_ids`` of the paragraph that first writes
-    ``\\boxed``, the start of its answer section; None if it never does."""
+    """For a model without ``</think>``: index in ``output_ids`` of the paragraph (the line, in a
+    text without blank lines) that first writes ``\\boxed``, the start of its answer section;
+    None if it never does."""
     texts = token_texts(fmt.tokenizer, output_ids)
     paragraph_start, paragraph = 0, ""
-    for i, (text, ends_paragraph) in enumerate(zip(texts, paragraph_breaks(texts), strict=True)):
+    for i, (text, ends_paragraph) in enumerate(zip(texts, block_breaks(texts), strict=True)):
         paragraph += text
         if "\\boxed" in paragraph:
             return paragraph_start

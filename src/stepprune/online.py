@@ -28,7 +28,12 @@ from stepprune.pruning import PruningPolicy
 from stepprune.reeval_kv import decode_greedy
 from stepprune.schema import Step
 from stepprune.scorers.attention import DEFAULT_PROBE
-from stepprune.steps import DEFAULT_MIN_STEP_CHARS, paragraph_breaks, segment_paragraphs
+from stepprune.steps import (
+    DEFAULT_MIN_STEP_CHARS,
+    BlockBreakWatcher,
+    block_breaks,
+    segment_paragraphs,
+)
 
 
 @dataclass(frozen=True)
@@ -229,7 +234,7 @@ class OnlinePruner:
         result: OnlineResult,
     ) -> KVState:
         texts = self.fmt.tokenizer.batch_decode([[t] for t in forced])
-        breaks = paragraph_breaks(texts)
+        breaks = block_breaks(texts)
         start = 0
         for i in range(len(forced)):
             at_interval = self.config.interval and (i + 1 - start) >= self.config.interval
@@ -252,6 +257,7 @@ class OnlinePruner:
     ) -> KVState:
         sample = Sampler(sampling)
         in_reasoning, since_check = True, 0
+        block_ends = BlockBreakWatcher()
         for _ in range(sampling.max_new_tokens):
             token = sample(all_ids, logits)
             all_ids.append(token)
@@ -267,8 +273,10 @@ class OnlinePruner:
                 result.cache_tokens = state.length
                 continue
             since_check += 1
-            text = self.fmt.tokenizer.decode([token])
-            due = since_check >= self.config.interval if self.config.interval else "\n\n" in text
+            if self.config.interval:
+                due = since_check >= self.config.interval
+            else:
+                due = block_ends.feed(self.fmt.tokenizer.decode([token]))
             if due:
                 since_check = 0
                 state = self._checkpoint(state, all_ids, reasoning_start, result)

@@ -16,7 +16,7 @@ from stepprune.schema import Step
 # Steps shorter than this (non-space characters) are merged into the next step: a lone "Wait,"
 # or "**Step 2**" paragraph carries no reasoning of its own.
 DEFAULT_MIN_STEP_CHARS = 10
-SEGMENTERS = ("paragraph", "sentence", "markers")
+SEGMENTERS = ("paragraph", "line", "sentence", "markers")
 # Words that open a new thought in reasoning traces (TRAAC splits steps at such markers).
 DISCOURSE_MARKERS = (
     "Wait",
@@ -55,10 +55,42 @@ def paragraph_breaks(texts: list[str]) -> list[bool]:
     return breaks
 
 
-def _sentence_breaks(texts: list[str]) -> list[bool]:
-    """Paragraph breaks, plus a break after a token ending a sentence (``.?!`` followed by a
-    token that starts with whitespace: "3.5" or "e.g.x" do not end sentences)."""
+def line_breaks(texts: list[str]) -> list[bool]:
+    """``breaks[i]`` is True when a line ends in token ``i``."""
+    return ["\n" in text for text in texts]
+
+
+def block_breaks(texts: list[str]) -> list[bool]:
+    """Paragraph breaks; a text without any blank line breaks at its line ends instead. Some
+    models (SmolLM2) write one line per step and never a blank line: read as paragraphs, their
+    whole reasoning would be one step."""
     breaks = paragraph_breaks(texts)
+    return breaks if any(breaks) else line_breaks(texts)
+
+
+class BlockBreakWatcher:
+    """``block_breaks`` for text that arrives one token at a time (online generation).
+
+    ``feed`` says whether a block ends with this token. Before the first blank line every line
+    end counts; from then on only blank lines do, also when the model writes one as two
+    ``"\\n"`` tokens (the break is reported at the second).
+    """
+
+    def __init__(self) -> None:
+        self.previous = ""
+        self.seen_blank_line = False
+
+    def feed(self, text: str) -> bool:
+        blank = "\n\n" in text or (self.previous.endswith("\n") and text.startswith("\n"))
+        self.previous = text
+        self.seen_blank_line |= blank
+        return blank or (not self.seen_blank_line and "\n" in text)
+
+
+def _sentence_breaks(texts: list[str]) -> list[bool]:
+    """Block breaks, plus a break after a token ending a sentence (``.?!`` followed by a
+    token that starts with whitespace: "3.5" or "e.g.x" do not end sentences)."""
+    breaks = block_breaks(texts)
     for i, text in enumerate(texts[:-1]):
         following = texts[i + 1]
         if text.rstrip().endswith((".", "?", "!")) and (
@@ -69,9 +101,9 @@ def _sentence_breaks(texts: list[str]) -> list[bool]:
 
 
 def _marker_breaks(texts: list[str]) -> list[bool]:
-    """Paragraph breaks, plus a break before a discourse marker that starts a word after a
+    """Block breaks, plus a break before a discourse marker that starts a word after a
     sentence end or a line break (word boundary on both sides: "Sow" and "Sorry" do not match)."""
-    breaks = paragraph_breaks(texts)
+    breaks = block_breaks(texts)
     for i in range(len(texts) - 1):
         before = texts[i].rstrip(" ")
         if not before or not (before.endswith(("\n", ".", "?", "!", ":")) or breaks[i]):
@@ -143,17 +175,19 @@ def segment_paragraphs(
 ) -> list[Step]:
     """Split the reasoning ``all_ids[start:end]`` into steps.
 
-    ``mode``: ``paragraph`` (a step ends at a token containing a blank line), ``sentence``
-    (also at sentence ends), or ``markers`` (also before discourse markers such as "Wait" or
-    "Therefore" that open a sentence or line). Leading and trailing whitespace-only tokens of a
-    step are separators; short steps are merged forward.
+    ``mode``: ``paragraph`` (a step ends at a blank line, or at every line end when the
+    reasoning has no blank line: ``block_breaks``), ``line`` (at every line end), ``sentence``
+    (paragraphs, also split at sentence ends), or ``markers`` (paragraphs, also split before
+    discourse markers such as "Wait" or "Therefore" that open a sentence or line). Leading and
+    trailing whitespace-only tokens of a step are separators; short steps are merged forward.
 
     Returns:
         Steps with absolute spans into ``all_ids`` in order, non-overlapping, with
         ``importance`` unset.
     """
     finders = {
-        "paragraph": paragraph_breaks,
+        "paragraph": block_breaks,
+        "line": line_breaks,
         "sentence": _sentence_breaks,
         "markers": _marker_breaks,
     }
