@@ -294,12 +294,15 @@ def test_markdown_with_no_records_still_has_header() -> None:
 def test_print_summary_table_has_rows() -> None:
     summary, _ = _two_threshold_summary()
     buffer = io.StringIO()
-    print_summary_table(summary, Console(file=buffer, width=200, color_system=None))
+    print_summary_table(summary, Console(file=buffer, width=80, color_system=None))
     out = buffer.getvalue()
     for name in TABLE_HEADER:
         assert name in out
     assert "50.0% (1/2)" in out
     assert "-50.0 pts acc" in out
+    # Fits a narrow terminal without cutting a number; the overview line comes after the table.
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    assert out.index("Problems:") > out.index("-50.0 pts acc")
 
 
 def test_pick_trace_for_plot() -> None:

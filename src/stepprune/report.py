@@ -19,6 +19,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -196,14 +197,23 @@ def results_markdown(summary: dict[str, Any]) -> str:
 
 
 def print_summary_table(summary: dict[str, Any], console: Console) -> None:
-    """Print the results table (same rows as the Markdown) to a rich console."""
-    table = Table(title=f"{summary['model']} on {summary['dataset']}", caption=_overview(summary))
+    """Print the results table (same rows as the Markdown) to a rich console, compact enough
+    for 80 columns: no vertical rules, and the baseline note shortened (results.md explains it).
+    """
+    table = Table(
+        title=f"{summary['model']} on {summary['dataset']}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for name in TABLE_HEADER:
         # Numbers right-aligned so that digits line up; the free-text notes stay left.
         table.add_column(name, justify="left" if name == "Notes" else "right")
     for cells in _table_rows(summary):
-        table.add_row(*cells)
+        notes = cells[-1].split(" (")[0]  # "baseline (same path ...)" -> "baseline"
+        table.add_row(*cells[:-1], notes)
     console.print(table)
+    console.print(_overview(summary), highlight=False)
 
 
 def pick_trace_for_plot(traces: list[Trace]) -> Trace | None:
