@@ -16,6 +16,8 @@ from stepprune.models import ChatFormat
 from stepprune.online import OnlineConfig, OnlinePruner, _probe_scores
 from stepprune.planted import generate_planted
 from stepprune.pruning import POLICIES
+from stepprune.reeval import closing_ids
+from stepprune.reeval_kv import kv_answers
 from stepprune.scorers import AttentionScorer
 from stepprune.steps import segment_paragraphs
 from tests.conftest import tiny_model
@@ -23,20 +25,24 @@ from tests.conftest import tiny_model
 SAMPLING = SamplingConfig(max_new_tokens=24, temperature=1.0, top_p=0.9)
 
 
-@pytest.fixture(scope="module")
-def setup(r1_tokenizer):
-    fmt = ChatFormat.from_tokenizer(r1_tokenizer)
-    model = tiny_model("qwen2", eos_token_id=r1_tokenizer.eos_token_id)
+def _setup(tokenizer):
+    fmt = ChatFormat.from_tokenizer(tokenizer)
+    model = tiny_model("qwen2", eos_token_id=tokenizer.eos_token_id)
     problem = generate_planted(1, seed=4)[0]
     prompt = fmt.prompt_ids(problem.problem)
-    eos = r1_tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
     trace = build_trace(
         fmt, problem, 0, prompt, teacher_forced_output(fmt, problem, prompt, eos), [eos], True
     )
     trace.steps = segment_paragraphs(
-        r1_tokenizer, trace.all_ids, trace.reasoning_start, trace.reasoning_end
+        tokenizer, trace.all_ids, trace.reasoning_start, trace.reasoning_end
     )
     return fmt, model, trace, eos
+
+
+@pytest.fixture(scope="module")
+def setup(r1_tokenizer):
+    return _setup(r1_tokenizer)
 
 
 def _pruner(fmt, model, eos, **options) -> OnlinePruner:
@@ -70,6 +76,26 @@ def test_no_eviction_keeps_every_entry(setup) -> None:
         trace.prompt_ids, SAMPLING, 0, forced, answer_max_tokens=4
     )
     assert result.evictions == [] and result.cache_tokens == trace.reasoning_end
+
+
+@pytest.mark.parametrize("name", ["r1_tokenizer", "qwen25_tokenizer"])
+def test_without_eviction_the_answer_is_kv_modes(name: str, request) -> None:
+    """Same cache, same end-of-reasoning cue as text and kv modes: the same greedy answer."""
+    fmt, model, trace, eos = _setup(request.getfixturevalue(name))
+    # End the reasoning in a single line break, as SmolLM2's traces do: the cue must add one.
+    last = trace.reasoning_end - 1
+    assert fmt.tokenizer.decode([trace.all_ids[last]]).strip() == ""
+    trace.output_ids[last - len(trace.prompt_ids)] = fmt.encode("\n")[0]
+    forced = trace.all_ids[len(trace.prompt_ids) : trace.reasoning_end]
+    result = _pruner(fmt, model, eos, threshold=0.0).run(
+        trace.prompt_ids, SAMPLING, 0, forced, answer_max_tokens=4
+    )
+    keep = [True] * len(trace.steps)
+    cue = closing_ids(fmt, trace, keep)
+    assert result.output_ids[len(forced) : len(forced) + len(cue)] == cue
+    assert result.cue_tokens == len(cue)
+    (kv,) = kv_answers(model, fmt, trace, [keep], "original", 4, [eos])
+    assert result.answer_ids == kv.answer.ids
 
 
 def test_budget_bounds_the_cache(setup) -> None:

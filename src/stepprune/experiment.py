@@ -367,7 +367,7 @@ class Experiment:
             keep,
             answer_ids,
             result.answer_truncated,
-            result.cache_tokens + len(self.format.answer_cue_ids()),
+            result.cache_tokens + result.cue_tokens,
             extra={
                 "positions": "original",
                 "cache_tokens": result.cache_tokens,

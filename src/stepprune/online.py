@@ -25,6 +25,7 @@ from stepprune.generation import SamplingConfig
 from stepprune.kvcache import FULL, KVState, prefill
 from stepprune.models import ChatFormat
 from stepprune.pruning import PruningPolicy
+from stepprune.reeval import cue_after
 from stepprune.reeval_kv import decode_greedy
 from stepprune.schema import Step
 from stepprune.scorers.attention import DEFAULT_PROBE
@@ -73,6 +74,7 @@ class OnlineResult:
     checkpoints: int = 0
     answer_ids: list[int] = field(default_factory=list)  # teacher-forced runs: after the cue
     answer_truncated: bool = False
+    cue_tokens: int = 0  # teacher-forced runs: the end-of-reasoning cue appended to the cache
 
     @property
     def evicted_positions(self) -> set[int]:
@@ -208,16 +210,16 @@ class OnlinePruner:
             state = self._force(state, all_ids, forced_reasoning, reasoning_start, result)
             result.reasoning_end = len(all_ids)
             result.cache_tokens = state.length
+            # The same cue as text and kv modes, after what is still cached of the reasoning.
+            gone = result.evicted_positions
+            cached = [all_ids[p] for p in range(reasoning_start, len(all_ids)) if p not in gone]
+            cue = cue_after(self.fmt, cached)
             answer = decode_greedy(
-                self.model,
-                state,
-                self.fmt.answer_cue_ids(),
-                answer_max_tokens,
-                self.eos_ids,
-                self.fmt,
+                self.model, state, cue, answer_max_tokens, self.eos_ids, self.fmt
             )
             result.answer_ids, result.answer_truncated = answer.ids, answer.truncated
-            result.output_ids = all_ids[len(prompt_ids) :] + self.fmt.answer_cue_ids() + answer.ids
+            result.cue_tokens = len(cue)
+            result.output_ids = all_ids[len(prompt_ids) :] + cue + answer.ids
         else:
             state = self._generate(state, logits, all_ids, sampling, reasoning_start, result)
             result.output_ids = all_ids[len(prompt_ids) :]

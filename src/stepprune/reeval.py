@@ -64,9 +64,16 @@ def closing_ids(fmt: ChatFormat, trace: Trace, keep: Sequence[bool]) -> list[int
 
 
 def _closing_after(fmt: ChatFormat, trace: Trace, positions: list[int]) -> list[int]:
-    # The last few kept reasoning tokens show how many line breaks the kept text ends with.
     reasoning = positions[len(trace.prompt_ids) :]
-    tail = fmt.tokenizer.decode([trace.all_ids[p] for p in reasoning[-8:]])
+    return cue_after(fmt, [trace.all_ids[p] for p in reasoning])
+
+
+def cue_after(fmt: ChatFormat, reasoning_ids: Sequence[int]) -> list[int]:
+    """The end-of-reasoning cue to append after the (kept) reasoning tokens ``reasoning_ids``:
+    ``</think>\\n\\n`` after a line break for thinking models, ``The answer is \\boxed{``
+    after a blank line for others. Shared by the text, kv and online modes."""
+    # The last few tokens show how many line breaks the kept text ends with.
+    tail = fmt.tokenizer.decode(list(reasoning_ids[-8:]))
     if fmt.is_thinking:
         return fmt.encode(_bridge(tail or "\n", "\n") + f"{THINK_CLOSE}\n\n")
     return fmt.encode(_bridge(tail or "\n\n") + fmt.answer_cue_text())
