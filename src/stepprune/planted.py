@@ -98,6 +98,11 @@ class _Calc:
     def equation(self) -> str:
         return f"{self.left} {self.op} {self.right} = {self.result}"
 
+    @property
+    def inverse(self) -> str:
+        """The check that works backwards: the inverse operation recovers the left operand."""
+        return f"{self.result} {_INVERSE[self.op]} {self.right} = {self.left}"
+
 
 def _step(left: int, op: str, right: int, what: str, before: str, after: str) -> _Calc:
     """A necessary step whose sentence is ``before + "left op right = result" + after``."""
@@ -617,7 +622,7 @@ _INVERSE = {"×": "÷", "÷": "×", "+": "-", "-": "+"}
 
 
 def _recheck(calc: _Calc) -> list[str]:
-    inverse = f"{calc.result} {_INVERSE[calc.op]} {calc.right} = {calc.left}"
+    inverse = calc.inverse
     return [
         f"Check: {inverse}.",
         f"Checking {calc.result}: {inverse}, so it is right.",
@@ -655,7 +660,7 @@ def _false_start(calc: _Calc) -> list[str]:
 
 def _final_recheck(calc: _Calc) -> list[str]:
     """Re-checks of the final result that end by stating it again (see ``_plant``)."""
-    inverse = f"{calc.result} {_INVERSE[calc.op]} {calc.right} = {calc.left}"
+    inverse = calc.inverse
     return [
         f"So indeed, {calc.equation} again.",
         f"Check: {inverse}, so {calc.result} is right.",
