@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stepprune.runfolder import CONTROLS_FILE, RECORDS_FILE, records_file
 from stepprune.schema import Record, Step, Trace
-from stepprune.store import CONTROLS_FILE, RECORDS_FILE, records_file
 
 ATTENTION = "attention:query=last,layers=all,agg=sum"
 RANDOM = "random-control:seed=0"  # the control `stepprune run` adds
@@ -27,7 +27,16 @@ STEPS = [
 STEP_TOKENS = [10, 20, 30, 60]  # 120 reasoning tokens; kept shares of steps and tokens differ
 
 
-def make_trace(problem_id: str, sample: int, *, truncated: bool = False) -> Trace:
+def problem_statement(problem_id: str) -> str:
+    """The statement stored in each trace (``Trace.problem``)."""
+    return f"Problem {problem_id}: what is (3 + 4) * 2?"
+
+
+def make_trace(
+    problem_id: str, sample: int, *, truncated: bool = False, problem: str | None = None
+) -> Trace:
+    """A trace of the four STEPS; ``problem`` defaults to :func:`problem_statement` ("" makes a
+    trace as written before traces carried their problem)."""
     steps, start = [], 5
     for index, ((text, importance, label), size) in enumerate(zip(STEPS, STEP_TOKENS, strict=True)):
         steps.append(Step(index, start, start + size, text, importance, label))
@@ -48,6 +57,7 @@ def make_trace(problem_id: str, sample: int, *, truncated: bool = False) -> Trac
         original_answer="The answer is \\boxed{14}.",
         original_prediction="14",
         original_correct=True,
+        problem=problem_statement(problem_id) if problem is None else problem,
     )
 
 
@@ -63,7 +73,7 @@ def make_record(
         policy="percentile",
         kept_steps=kept,
         num_steps=len(STEPS),
-        steps_kept=len(kept),
+        num_kept_steps=len(kept),
         reasoning_tokens=sum(STEP_TOKENS),
         tokens_kept=sum(STEP_TOKENS[i] for i in kept),
         reasoning_chars=sum(len(s[0]) for s in STEPS),
@@ -104,8 +114,15 @@ def write_run(
     with_random: bool = True,
     finished: bool = True,
     extra_config: dict | None = None,
+    scorer: str = ATTENTION,
+    with_problem: bool = True,
 ) -> Path:
-    """A run of 4 problems x 2 samples x thresholds 0.0 and 0.5 (plus a random control)."""
+    """A run of 4 problems x 2 samples x thresholds 0.0 and 0.5 (plus a random control).
+
+    ``scorer`` renames the scorer's records and traces (OUTCOMES and KEPT stay those of
+    ATTENTION); ``with_problem=False`` writes traces without their problem statement, as
+    folders written before ``Trace.problem`` existed.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": model,
@@ -115,31 +132,36 @@ def write_run(
         "samples": 2,
         "thresholds": [0.0, 0.5],
         "seed": 0,
-        "scorer": "attention",
+        "scorer": "attention" if scorer == ATTENTION else scorer,
         "policy": "percentile",
         "mode": "text",
         **(extra_config or {}),
     }
     config = {"config": settings, "environment": {}, "identity": {"model": model}}
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    traces = [make_trace(p, s, truncated=(p, s) == ("p4", 1)) for p in OUTCOMES[(ATTENTION, 0.0)]
-              for s in (0, 1)]  # fmt: skip
+    traces = [
+        make_trace(p, s, truncated=(p, s) == ("p4", 1), problem=None if with_problem else "")
+        for p in OUTCOMES[(ATTENTION, 0.0)]
+        for s in (0, 1)
+    ]
+    for trace in traces:
+        trace.scorer = scorer
     with (folder / "traces.jsonl").open("w", encoding="utf-8") as handle:
         for trace in traces:
             handle.write(json.dumps(trace.to_json()) + "\n")
     for name in (RECORDS_FILE, CONTROLS_FILE):
         (folder / name).unlink(missing_ok=True)
-    for (scorer, threshold), outcomes in OUTCOMES.items():
-        if scorer == RANDOM and not with_random:
+    for (spec, threshold), outcomes in OUTCOMES.items():
+        if spec == RANDOM and not with_random:
             continue
+        name = scorer if spec == ATTENTION else spec
         # Control records go to controls.jsonl, as `stepprune run` writes them.
-        with (folder / records_file(scorer)).open("a", encoding="utf-8") as handle:
+        with (folder / records_file(name)).open("a", encoding="utf-8") as handle:
             for problem_id, samples in outcomes.items():
                 for sample, correct in enumerate(samples):
                     record = make_record(
-                        problem_id, sample, threshold, bool(correct), KEPT[(scorer, threshold)],
-                        scorer,
-                    )  # fmt: skip
+                        problem_id, sample, threshold, bool(correct), KEPT[(spec, threshold)], name
+                    )
                     handle.write(json.dumps(record.to_json()) + "\n")
     if finished:
         (folder / "summary.json").write_text(json.dumps({"model": model}), encoding="utf-8")

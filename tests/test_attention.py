@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stepprune.attention import CAPTURE_IMPLEMENTATION, capture_attention, last_token_attention
+from stepprune.capture import CAPTURE_IMPLEMENTATION, capture_attention, last_token_attention
 from tests.conftest import eager_attentions, tiny_model
 
 

@@ -1,4 +1,5 @@
-"""Tests of stepprune.bench_scorers: AUROC, bootstrap interval, the benchmark run and its table.
+"""Tests of stepprune.bench.scorers and .auroc: AUROC, its bootstrap interval, the benchmark run
+and its table.
 
 The run uses a tiny random Qwen2 with the real R1-distill tokenizer, so it is fast and needs no
 bundled model; the numbers it produces are meaningless except where they are exact by design
@@ -12,19 +13,19 @@ import math
 import numpy as np
 import pytest
 
-import stepprune.bench_scorers as bench
-from stepprune.bench_scorers import (
+from stepprune.bench.auroc import auroc, auroc_bootstrap_ci
+from stepprune.bench.scorers import (
     DEFAULT_SCORERS,
     ScorerResult,
-    auroc,
-    bootstrap_ci,
     results_table_markdown,
     run_scorer_benchmark,
 )
+from stepprune.engines import HFEngine
 from stepprune.planted import NECESSARY as N
 from stepprune.planted import PLANTED as P
 from stepprune.registry import SpecError
 from stepprune.scorers import SCORERS
+from stepprune.stats import percentile_interval, resample_indices
 from tests.conftest import tiny_model
 
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -87,24 +88,37 @@ def _noisy_traces(n_traces: int, seed: int) -> tuple[list[list[float]], list[lis
     return scores, labels
 
 
-def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_traces() -> None:
+def test_auroc_bootstrap_ci_contains_the_estimate_and_narrows_with_more_traces() -> None:
     small = _noisy_traces(20, seed=1)
     large = _noisy_traces(400, seed=1)
-    low, high = bootstrap_ci(*small, n_resamples=500)
+    low, high = auroc_bootstrap_ci(*small, n_resamples=500)
     assert low <= auroc(*small) <= high
-    big_low, big_high = bootstrap_ci(*large, n_resamples=500)
+    big_low, big_high = auroc_bootstrap_ci(*large, n_resamples=500)
     assert big_low <= auroc(*large) <= big_high
     assert big_high - big_low < (high - low) / 2
 
 
-def test_bootstrap_ci_is_seeded_and_degenerate_for_constant_scores() -> None:
+def test_auroc_bootstrap_ci_is_seeded_and_degenerate_for_constant_scores() -> None:
     scores, labels = _noisy_traces(30, seed=2)
-    assert bootstrap_ci(scores, labels, seed=4) == bootstrap_ci(scores, labels, seed=4)
-    assert bootstrap_ci(scores, labels, seed=4) != bootstrap_ci(scores, labels, seed=5)
+    assert auroc_bootstrap_ci(scores, labels, seed=4) == auroc_bootstrap_ci(scores, labels, seed=4)
+    assert auroc_bootstrap_ci(scores, labels, seed=4) != auroc_bootstrap_ci(scores, labels, seed=5)
     constant = [[1.0] * len(trace) for trace in scores]
-    assert bootstrap_ci(constant, labels) == (0.5, 0.5)
+    assert auroc_bootstrap_ci(constant, labels) == (0.5, 0.5)
     with pytest.raises(ValueError):
-        bootstrap_ci(scores, labels, n_resamples=0)
+        auroc_bootstrap_ci(scores, labels, n_resamples=0)
+
+
+def test_auroc_bootstrap_ci_is_the_shared_bootstrap_over_traces() -> None:
+    """Replicates are stats.resample_indices rows of traces, read with percentile_interval."""
+    scores, labels = _noisy_traces(12, seed=3)
+    expected = percentile_interval(
+        [
+            auroc([scores[i] for i in row], [labels[i] for i in row])
+            for row in resample_indices(12, 300, seed=7)
+        ],
+        0.9,
+    )
+    assert auroc_bootstrap_ci(scores, labels, n_resamples=300, seed=7, level=0.9) == expected
 
 
 # -- the benchmark ----------------------------------------------------------------------------
@@ -119,16 +133,16 @@ def tiny(r1_tokenizer):
 
 @pytest.fixture(scope="module")
 def run(tiny):
-    """The benchmark on 4 problems, counting the contexts that reach generate_answers."""
+    """The benchmark on 4 problems, counting the contexts that reach the engine's greedy."""
     calls: list[int] = []
-    real = bench.generate_answers
+    real = HFEngine.greedy
 
-    def counting(model, contexts, *args, **kwargs):
+    def counting(self, contexts, *args, **kwargs):
         calls.append(len(contexts))
-        return real(model, contexts, *args, **kwargs)
+        return real(self, contexts, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bench, "generate_answers", counting)
+        patch.setattr(HFEngine, "greedy", counting)
         results = run_scorer_benchmark(
             *tiny,
             ["length", "random", "uniform"],
@@ -167,7 +181,7 @@ def test_answers_are_shared_across_scorers_and_thresholds(run) -> None:
     results, calls = run
     traces = results[0].n_traces
     contexts = sum(calls)
-    assert len(calls) < 3 * len(THRESHOLDS) * traces
+    assert len(calls) == traces  # text mode answers each trace's distinct masks in one call
     # Threshold 0 keeps every step for every scorer, and uniform always does: at most one new
     # context per (trace, pruning scorer, pruning threshold) beyond the full one.
     assert traces <= contexts <= traces * (1 + 2 * (len(THRESHOLDS) - 1))

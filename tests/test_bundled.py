@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stepprune.attention import last_token_attention
+from stepprune.capture import last_token_attention
 from stepprune.cli import app
 from stepprune.models import ChatFormat, load_model
 from tests.conftest import eager_attentions

@@ -40,7 +40,8 @@ def test_planted_run_writes_everything_and_resumes(tiny_r1_dir: Path, tmp_path: 
     by_key = {(r["problem_id"], r["sample"], r["threshold"]): r for r in main}
     for r in control:  # the control keeps as many steps as the scorer, chosen at random
         assert (
-            r["steps_kept"] == by_key[(r["problem_id"], r["sample"], r["threshold"])]["steps_kept"]
+            r["num_kept_steps"]
+            == by_key[(r["problem_id"], r["sample"], r["threshold"])]["num_kept_steps"]
         )
     for trace in traces:
         ids = trace["prompt_ids"] + trace["output_ids"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stepprune.kvcache import FULL, SLIDING, prefill, rotate_keys
+from stepprune.kvcache import FULL, POSITION_SCHEMES, SLIDING, prefill, rerotate, rotate_keys
+from stepprune.modes.kv import KVMode
 from tests.conftest import tiny_model
 
 N, CUE = 30, [5, 6, 7]
@@ -49,7 +50,8 @@ def _masked_reference(model, ids: list[int], hidden: list[int]) -> torch.Tensor:
 def test_evicting_nothing_is_the_unpruned_continuation(name: str, scheme: str) -> None:
     model, ids = _model(name), _ids()
     state, _ = prefill(model, ids)
-    logits = state.gather(torch.ones(N, dtype=torch.bool), scheme, model).forward(model, CUE, 3)
+    place = POSITION_SCHEMES[scheme]
+    logits = place(state.gather(torch.ones(N, dtype=torch.bool)), model).forward(model, CUE, 3)
     with torch.inference_mode():
         reference = model(torch.tensor([ids + CUE])).logits[0, -3:]
     assert (logits - reference).abs().max().item() < 1e-4
@@ -61,7 +63,7 @@ def test_evicting_a_set_equals_a_mask_that_hides_it(name: str) -> None:
     state, _ = prefill(model, ids)
     keep = torch.ones(N, dtype=torch.bool)
     keep[EVICT] = False
-    pruned = state.gather(keep, "original", model)
+    pruned = state.gather(keep)
     assert pruned.length == N - len(EVICT) and state.length == N  # the full cache is intact
     logits = pruned.forward(model, CUE, 3)
     reference = _masked_reference(model, ids, EVICT)
@@ -92,7 +94,7 @@ def test_rerotated_suffix_eviction_equals_truncation(name: str) -> None:
     state, _ = prefill(model, ids)
     keep = torch.ones(N, dtype=torch.bool)
     keep[24:] = False
-    logits = state.gather(keep, "rerotate", model).forward(model, CUE, 3)
+    logits = rerotate(state.gather(keep), model).forward(model, CUE, 3)
     with torch.inference_mode():
         reference = model(torch.tensor([ids[:24] + CUE])).logits[0, -3:]
     assert (logits - reference).abs().max().item() < 1e-4
@@ -106,7 +108,7 @@ def test_rerotated_first_layer_keys_equal_keys_computed_at_new_positions(name: s
     state, _ = prefill(model, ids)
     keep = torch.ones(N, dtype=torch.bool)
     keep[EVICT] = False
-    pruned = state.gather(keep, "rerotate", model)
+    pruned = rerotate(state.gather(keep), model)
     kept_ids = [t for t, k in zip(ids, keep.tolist(), strict=True) if k]
     fresh, _ = prefill(model, kept_ids)
     assert torch.equal(pruned.positions[FULL], torch.arange(len(kept_ids)))
@@ -127,6 +129,6 @@ def test_bad_keep_mask_and_scheme() -> None:
     model = _model("llama")
     state, _ = prefill(model, _ids())
     with pytest.raises(ValueError, match="keep mask has shape"):
-        state.gather(torch.ones(3, dtype=torch.bool), "original", model)
+        state.gather(torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="positions 'shifted'"):
-        state.gather(torch.ones(N, dtype=torch.bool), "shifted", model)
+        KVMode(positions="shifted")

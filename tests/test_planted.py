@@ -8,7 +8,7 @@ import statistics
 import pytest
 from transformers import AutoTokenizer
 
-from stepprune.bench_scorers import auroc
+from stepprune.bench.auroc import auroc
 from stepprune.models import ModelLoadError, bundled_gguf_path
 from stepprune.planted import (
     LEAD_INS,
@@ -20,7 +20,7 @@ from stepprune.planted import (
     generate_planted,
 )
 from stepprune.schema import Problem
-from stepprune.steps import attach_labels, segment_paragraphs
+from stepprune.steps import attach_labels, segment_steps
 
 EQUATION = re.compile(r"(\d+) ([×÷+-]) (\d+) = (\d+)")
 OPERATIONS = {
@@ -299,7 +299,7 @@ def test_segmentation_finds_one_step_per_label(r1_tokenizer) -> None:
     for problem in PROBLEMS[:15]:
         assert problem.reasoning is not None
         ids = r1_tokenizer.encode(problem.reasoning, add_special_tokens=False)
-        steps = segment_paragraphs(r1_tokenizer, ids, 0, len(ids))
+        steps = segment_steps(r1_tokenizer, ids, 0, len(ids))
         attach_labels(steps, problem.step_labels)
         assert [s.label for s in steps] == problem.step_labels
         # A step may end in the token that carries the blank line after it.

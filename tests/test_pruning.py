@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stepprune.pruning import POLICIES, PercentilePolicy, normalised_entropy
+from stepprune.policies import POLICIES, PercentilePolicy, normalised_entropy
 from stepprune.registry import SpecError
 
 policy = PercentilePolicy()

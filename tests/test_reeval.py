@@ -1,4 +1,5 @@
-"""Re-evaluation contexts hold the prompt and kept steps only; answers are cut at eos."""
+"""Re-evaluation contexts (``stepprune.context``) hold the prompt and kept steps only; greedy
+answers (the ``hf`` engine) are cut at eos and at the first complete box."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import itertools
 import pytest
 import torch
 
-from stepprune.generation import build_trace, teacher_forced_output
+from stepprune.context import closing_ids, text_context
+from stepprune.decoding import BOX, EOS, has_closed_box
+from stepprune.engines import HFEngine
 from stepprune.kvcache import prefill
 from stepprune.models import ChatFormat
-from stepprune.reeval import closing_ids, generate_answers, has_closed_box, text_context
-from stepprune.reeval_kv import kept_entries
+from stepprune.modes.kv import kept_entries
 from stepprune.schema import Problem, Step, Trace
-from stepprune.steps import segment_paragraphs
+from stepprune.steps import segment_steps
+from stepprune.traces import build_trace, teacher_forced_output
 from tests.conftest import tiny_model
 
 PROBLEM = Problem(
@@ -36,9 +39,9 @@ def _trace(tokenizer):
     fmt = ChatFormat.from_tokenizer(tokenizer)
     eos = tokenizer.eos_token_id
     prompt = fmt.prompt_ids(PROBLEM.problem)
-    output = teacher_forced_output(fmt, PROBLEM, prompt, eos)
-    trace = build_trace(fmt, PROBLEM, 0, prompt, output, [eos], True)
-    trace.steps = segment_paragraphs(
+    output, length = teacher_forced_output(fmt, PROBLEM, prompt, eos)
+    trace = build_trace(fmt, PROBLEM, 0, prompt, output, [eos], True, reasoning_length=length)
+    trace.steps = segment_steps(
         tokenizer, trace.all_ids, trace.reasoning_start, trace.reasoning_end
     )
     return fmt, trace
@@ -129,7 +132,7 @@ def test_kv_and_text_modes_see_the_same_sequence(name: str, request) -> None:
     model = tiny_model("qwen2")
     keep = [True] * 4
     full, _ = prefill(model, trace.all_ids[: trace.reasoning_end])
-    pruned = full.gather(kept_entries(trace, keep), "original", model)
+    pruned = full.gather(kept_entries(trace, keep))
     kv_logits = pruned.forward(model, closing_ids(fmt, trace, keep))[-1]
     with torch.inference_mode():
         text_logits = model(torch.tensor([text_context(fmt, trace, keep)])).logits[0, -1]
@@ -156,17 +159,23 @@ def test_keep_mask_must_match_steps(r1_tokenizer) -> None:
         text_context(fmt, trace, [True, True, True])
 
 
+def _greedy(model, contexts, max_new_tokens, eos_ids, batch_size=8, tokenizer=None, box=None):
+    engine = HFEngine(model, tokenizer, eos_ids, pad_id=0, batch_size=batch_size)
+    return engine.greedy(contexts, max_new_tokens, box_prefix=box)
+
+
 def test_batched_answers_stop_at_eos_and_flag_budget_exhaustion() -> None:
     model = tiny_model("qwen2", vocab_size=300, eos_token_id=299)
     contexts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14]]
-    free = generate_answers(model, contexts, max_new_tokens=6, pad_id=0, eos_ids=[299])
+    free = _greedy(model, contexts, max_new_tokens=6, eos_ids=[299])
     assert [len(a.ids) for a in free] == [6, 6, 6] and all(a.truncated for a in free)
     # Declaring the first greedy token an eos ends each answer immediately.
     first_tokens = [a.ids[0] for a in free]
-    stopped = generate_answers(model, contexts, 6, pad_id=0, eos_ids=first_tokens, batch_size=2)
-    assert all(not a.truncated and a.ids == [] for a in stopped)
+    stopped = _greedy(model, contexts, 6, eos_ids=first_tokens, batch_size=2)
+    assert all(not a.truncated and a.stop == EOS and a.content_ids == [] for a in stopped)
+    assert [a.ids for a in stopped] == [[t] for t in first_tokens]
     # Left padding does not change the greedy answer of a context.
-    alone = generate_answers(model, [contexts[0]], 6, pad_id=0, eos_ids=[299])
+    alone = _greedy(model, [contexts[0]], 6, eos_ids=[299])
     assert alone[0].ids == free[0].ids
 
 
@@ -187,11 +196,7 @@ def test_closed_box_detection(text: str, closed: bool) -> None:
 def test_answers_stop_at_the_first_complete_box(qwen25_tokenizer) -> None:
     """A tiny model never writes a box; a box in the cue itself stops it after one token."""
     model = tiny_model("qwen2", vocab_size=151936, eos_token_id=151643)
-    answers = generate_answers(
-        model, [[5, 6, 7]], 5, 151643, [151643], box_stop=(qwen25_tokenizer, "\\boxed{x}")
-    )
-    assert len(answers[0].ids) == 1 and not answers[0].truncated
-    rambling = generate_answers(
-        model, [[5, 6, 7]], 5, 151643, [151643], box_stop=(qwen25_tokenizer, "\\boxed{")
-    )
+    answers = _greedy(model, [[5, 6, 7]], 5, [151643], tokenizer=qwen25_tokenizer, box="\\boxed{x}")
+    assert len(answers[0].ids) == 1 and not answers[0].truncated and answers[0].stop == BOX
+    rambling = _greedy(model, [[5, 6, 7]], 5, [151643], tokenizer=qwen25_tokenizer, box="\\boxed{")
     assert len(rambling[0].ids) == 5 and rambling[0].truncated

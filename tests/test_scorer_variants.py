@@ -7,14 +7,14 @@ import itertools
 import pytest
 import torch
 
-from stepprune.generation import build_trace, teacher_forced_output
+from stepprune.context import text_context
 from stepprune.models import ChatFormat
-from stepprune.reeval import text_context
 from stepprune.schema import Problem
 from stepprune.scorers import SCORERS, AblationScorer, AttentionScorer
 from stepprune.scorers.ablation import answer_logprob, answer_target_ids
 from stepprune.scorers.attention import select_receiver_heads
-from stepprune.steps import segment_paragraphs
+from stepprune.steps import segment_steps
+from stepprune.traces import build_trace, teacher_forced_output
 from tests.conftest import eager_attentions, tiny_model
 
 PROBLEM = Problem(
@@ -37,9 +37,9 @@ def _trace(tokenizer):
     fmt = ChatFormat.from_tokenizer(tokenizer)
     prompt = fmt.prompt_ids(PROBLEM.problem)
     eos = tokenizer.eos_token_id
-    output = teacher_forced_output(fmt, PROBLEM, prompt, eos)
-    trace = build_trace(fmt, PROBLEM, 0, prompt, output, [eos], True)
-    trace.steps = segment_paragraphs(
+    output, length = teacher_forced_output(fmt, PROBLEM, prompt, eos)
+    trace = build_trace(fmt, PROBLEM, 0, prompt, output, [eos], True, length)
+    trace.steps = segment_steps(
         tokenizer, trace.all_ids, trace.reasoning_start, trace.reasoning_end
     )
     assert len(trace.steps) == 4

@@ -1,4 +1,5 @@
-"""Tests of stepprune.show: terminal and HTML views of a trace; the page in headless Chromium."""
+"""Tests of `stepprune show` (stepprune.reporting.show, .html_page): terminal and HTML views of a
+trace; the page in headless Chromium."""
 
 from __future__ import annotations
 
@@ -11,20 +12,29 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from stepprune.runs import load_run
-from stepprune.show import (
+from stepprune.reporting.html_page import (
     NO_SCORE_RGB,
     TOP_RGB,
-    ShowError,
     importance_levels,
-    problem_text,
     render_html,
-    render_terminal,
     shade,
+)
+from stepprune.reporting.show import (
+    ShowError,
+    lookup_problem_text,
+    problem_text,
+    render_terminal,
     show_problem,
 )
-from stepprune.store import RunFolderError
-from tests.run_fixture import ATTENTION, RANDOM, STEPS, make_trace, write_run
+from stepprune.runfolder import RunFolderError, load_run
+from tests.run_fixture import (
+    ATTENTION,
+    RANDOM,
+    STEPS,
+    make_trace,
+    problem_statement,
+    write_run,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 requires_chromium = pytest.mark.skipif(
@@ -199,19 +209,42 @@ def test_show_problem_errors_are_one_line_and_helpful(run_dir: Path) -> None:
     assert isinstance(ShowError("x"), ValueError)  # caught by the CLI's user-error handler
 
 
-def test_problem_text_from_a_local_jsonl_must_agree_with_the_run(tmp_path: Path) -> None:
+def test_problem_text_is_the_traces_own(tmp_path: Path) -> None:
+    # The run's dataset (aime24, no local copy) could not be read: the trace's statement is used.
+    run = load_run(write_run(tmp_path / "run", dataset="aime24"))
+    assert problem_text(run, run.trace("p2", 0)) == problem_statement("p2")
+    buffer = io.StringIO()
+    page = tmp_path / "p2.html"
+    show_problem(run.path, "p2", html_path=page, console=Console(file=buffer, width=200))
+    assert problem_statement("p2") in buffer.getvalue()
+    assert f'<div class="problem">{problem_statement("p2")}</div>' in page.read_text()
+
+
+def test_problem_text_of_an_old_folder_is_looked_up_and_must_agree(tmp_path: Path) -> None:
     data = tmp_path / "mine.jsonl"
     rows = [{"id": "p1", "problem": "What is (3 + 4) * 2?", "answer": "14"},
             {"id": "p2", "problem": "A different problem", "answer": "99"}]  # fmt: skip
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run = load_run(write_run(tmp_path / "run", dataset=str(data)))
+    run = load_run(write_run(tmp_path / "run", dataset=str(data), with_problem=False))
+    assert run.trace("p1", 0).problem == ""
     assert problem_text(run, run.trace("p1", 0)) == "What is (3 + 4) * 2?"
     # The file's p2 has another gold answer than the run's records: not the run's problem.
     assert problem_text(run, run.trace("p2", 0)) is None
     assert problem_text(run, run.trace("p3", 0)) is None  # not in the file
     # A built-in set without a local copy is never fetched from the hub.
-    hub = load_run(write_run(tmp_path / "hub", dataset="aime24"))
+    hub = load_run(write_run(tmp_path / "hub", dataset="aime24", with_problem=False))
     assert problem_text(hub, hub.trace("p1", 0)) is None
+    assert lookup_problem_text(hub, hub.trace("p1", 0)) is None
+
+
+def test_a_random_scorer_is_listed_before_the_control(tmp_path: Path) -> None:
+    # A user's random scorer is the trace's scorer, not a control: its views come first.
+    run = load_run(write_run(tmp_path / "run", scorer="random:seed=0"))
+    trace = run.trace("p3", 0)
+    records = [r for r in run.records if (r.problem_id, r.sample) == ("p3", 0)]
+    page = render_html(trace, records[::-1])
+    groups = re.findall(r'<div class="view-group">([^<]*)</div>', page)
+    assert groups == ["random:seed=0 (text):", f"{RANDOM} (text):"]
 
 
 # -- headless Chromium -----------------------------------------------------------------------

@@ -8,13 +8,21 @@ import numpy as np
 import pytest
 
 from stepprune.schema import Record
-from stepprune.stats import bootstrap_ci, paired_delta, pass_at_1
+from stepprune.stats import (
+    DEFAULT_RESAMPLES,
+    bootstrap_ci,
+    paired_delta,
+    pass_at_1,
+    per_problem_means,
+    percentile_interval,
+    resample_indices,
+)
 
 
 def record(problem_id: str, sample: int, correct: bool) -> Record:
     return Record(
         problem_id=problem_id, sample=sample, threshold=0.0, mode="text", scorer="attention",
-        policy="percentile", kept_steps=[0], num_steps=1, steps_kept=1, reasoning_tokens=10,
+        policy="percentile", kept_steps=[0], num_steps=1, num_kept_steps=1, reasoning_tokens=10,
         tokens_kept=10, reasoning_chars=40, chars_kept=40, context_tokens=20, answer_text="",
         answer_tokens=1, answer_truncated=False, gold="1", prediction="1", correct=correct,
     )  # fmt: skip
@@ -130,3 +138,33 @@ def test_pairing_narrows_the_interval_of_correlated_conditions() -> None:
 def test_paired_delta_without_shared_problems_raises() -> None:
     with pytest.raises(ValueError, match="share no problem"):
         paired_delta({"a": 1.0}, {"b": 1.0})
+
+
+def test_per_problem_means_of_pairs() -> None:
+    pairs = [("b", 1.0), ("a", 0.0), ("b", 0.0), ("a", 1.0), ("a", 1.0)]
+    assert per_problem_means(pairs) == pytest.approx({"b": 0.5, "a": 2 / 3})
+    assert list(per_problem_means(pairs)) == ["b", "a"]
+    assert per_problem_means([]) == {}
+
+
+def test_resample_indices_shape_range_and_seed() -> None:
+    indices = resample_indices(7, n_resamples=50, seed=1)
+    assert indices.shape == (50, 7)
+    assert indices.min() >= 0 and indices.max() <= 6
+    assert (indices == resample_indices(7, 50, seed=1)).all()
+    assert not (indices == resample_indices(7, 50, seed=2)).all()
+    assert resample_indices(3).shape == (DEFAULT_RESAMPLES, 3)
+
+
+def test_percentile_interval_of_known_estimates() -> None:
+    estimates = np.arange(1001) / 1000  # 0.000 ... 1.000: quantiles are the levels themselves
+    assert percentile_interval(estimates, 0.95) == pytest.approx((0.025, 0.975))
+    assert percentile_interval(estimates, 0.5) == pytest.approx((0.25, 0.75))
+
+
+def test_bootstrap_ci_is_the_percentile_interval_of_resampled_means() -> None:
+    # One bootstrap: bootstrap_ci is the two shared pieces put together, nothing else.
+    values = np.random.default_rng(3).random(25)
+    means = values[resample_indices(25, 500, seed=4)].mean(axis=1)
+    expected = percentile_interval(means, 0.9)
+    assert bootstrap_ci(values.tolist(), n_resamples=500, seed=4, level=0.9) == expected

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from stepprune.generation import build_trace
 from stepprune.models import ChatFormat
 from stepprune.schema import Problem
-from stepprune.steps import BlockBreakWatcher, block_breaks, segment_paragraphs
+from stepprune.steps import BlockBreakWatcher, block_breaks, segment_steps
+from stepprune.traces import build_trace
 
 PARAGRAPHS = [
     "Okay, so I need to find how many apples Tom has.",
@@ -37,7 +37,7 @@ def _assert_partition(tokenizer, ids: list[int], start: int, end: int, steps) ->
 def test_paragraphs_become_steps_and_short_ones_merge(r1_tokenizer) -> None:
     text = "\n" + "\n\n".join(PARAGRAPHS) + "\n"
     ids = [7, 8, 9] + r1_tokenizer.encode(text, add_special_tokens=False)
-    steps = segment_paragraphs(r1_tokenizer, ids, 3, len(ids), min_chars=10)
+    steps = segment_steps(r1_tokenizer, ids, 3, len(ids), min_chars=10)
     _assert_partition(r1_tokenizer, ids, 3, len(ids), steps)
     assert len(steps) == 4  # "Wait," merges into the next paragraph
     assert steps[1].text.startswith("Wait,") and "3 × 12 = 36" in steps[1].text
@@ -56,7 +56,7 @@ def test_random_layouts_are_partitioned(r1_tokenizer) -> None:
         breaks = ["\n\n", "\n", " \n\n", "\n\n\n", ".\n\n"]
         text = "".join(p + rng.choice(breaks) for p in parts)
         ids = r1_tokenizer.encode(text, add_special_tokens=False)
-        steps = segment_paragraphs(r1_tokenizer, ids, 0, len(ids), min_chars=rng.randint(0, 15))
+        steps = segment_steps(r1_tokenizer, ids, 0, len(ids), min_chars=rng.randint(0, 15))
         _assert_partition(r1_tokenizer, ids, 0, len(ids), steps)
         assert steps, text
 
@@ -68,9 +68,7 @@ def test_answer_section_is_never_a_step(r1_tokenizer) -> None:
     output.append(r1_tokenizer.eos_token_id)
     problem = Problem(id="p", problem="How many apples?", answer="34")
     trace = build_trace(fmt, problem, 0, prompt, output, [r1_tokenizer.eos_token_id], False)
-    steps = segment_paragraphs(
-        r1_tokenizer, trace.all_ids, trace.reasoning_start, trace.reasoning_end
-    )
+    steps = segment_steps(r1_tokenizer, trace.all_ids, trace.reasoning_start, trace.reasoning_end)
     assert steps[-1].end <= trace.reasoning_end
     assert all("boxed" not in s.text and "</think>" not in s.text for s in steps)
     _assert_partition(
@@ -80,7 +78,7 @@ def test_answer_section_is_never_a_step(r1_tokenizer) -> None:
 
 def test_empty_reasoning_has_no_steps(r1_tokenizer) -> None:
     ids = r1_tokenizer.encode("\n\n \n", add_special_tokens=False)
-    assert segment_paragraphs(r1_tokenizer, ids, 0, len(ids)) == []
+    assert segment_steps(r1_tokenizer, ids, 0, len(ids)) == []
 
 
 def test_marker_and_sentence_segmentation(r1_tokenizer) -> None:
@@ -90,11 +88,11 @@ def test_marker_and_sentence_segmentation(r1_tokenizer) -> None:
         "Therefore the answer is 34. The value 3.5 is irrelevant here."
     )
     ids = r1_tokenizer.encode(text, add_special_tokens=False)
-    markers = segment_paragraphs(r1_tokenizer, ids, 0, len(ids), min_chars=5, mode="markers")
+    markers = segment_steps(r1_tokenizer, ids, 0, len(ids), min_chars=5, mode="markers")
     _assert_partition(r1_tokenizer, ids, 0, len(ids), markers)
     starts = [s.text.lstrip()[:12] for s in markers]
     assert starts == ["We need 3 × ", "Wait, he gav", "So the total", "Therefore th"]
-    sentences = segment_paragraphs(r1_tokenizer, ids, 0, len(ids), min_chars=5, mode="sentence")
+    sentences = segment_steps(r1_tokenizer, ids, 0, len(ids), min_chars=5, mode="sentence")
     _assert_partition(r1_tokenizer, ids, 0, len(ids), sentences)
     assert [s.text.strip() for s in sentences][-2:] == [
         "Therefore the answer is 34.",
@@ -106,16 +104,16 @@ def test_marker_and_sentence_segmentation(r1_tokenizer) -> None:
 def test_a_text_without_blank_lines_is_split_at_its_lines(r1_tokenizer) -> None:
     lines = [p for p in PARAGRAPHS if len(p) >= 10]
     ids = r1_tokenizer.encode("\n".join(lines) + "\n", add_special_tokens=False)
-    steps = segment_paragraphs(r1_tokenizer, ids, 0, len(ids))
+    steps = segment_steps(r1_tokenizer, ids, 0, len(ids))
     assert [s.text.strip() for s in steps] == lines
     _assert_partition(r1_tokenizer, ids, 0, len(ids), steps)
     # One blank line anywhere: paragraphs again, and single line breaks stay inside a step.
     text = f"{lines[0]}\n{lines[1]}\n\n{lines[2]}\n{lines[3]}"
     ids = r1_tokenizer.encode(text, add_special_tokens=False)
-    steps = segment_paragraphs(r1_tokenizer, ids, 0, len(ids))
+    steps = segment_steps(r1_tokenizer, ids, 0, len(ids))
     assert [s.text.strip() for s in steps] == [f"{lines[0]}\n{lines[1]}", f"{lines[2]}\n{lines[3]}"]
     # The line segmenter splits at every line end.
-    steps = segment_paragraphs(r1_tokenizer, ids, 0, len(ids), mode="line")
+    steps = segment_steps(r1_tokenizer, ids, 0, len(ids), mode="line")
     assert [s.text.strip() for s in steps] == lines
 
 

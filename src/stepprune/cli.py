@@ -11,11 +11,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stepprune.experiment import DEFAULT_THRESHOLDS, RunConfig, run_experiment
+from stepprune.config import DEFAULT_THRESHOLDS, RunConfig
+from stepprune.experiment import run_experiment
 from stepprune.models import ModelLoadError, load_model
 from stepprune.problems import DatasetError
 from stepprune.registry import SpecError
-from stepprune.store import RunFolderError
+from stepprune.runfolder import RunFolderError
 
 app = typer.Typer(
     add_completion=False,
@@ -87,13 +88,13 @@ def run(
         bool, typer.Option(help="NF4 weights via bitsandbytes (CUDA only; extra 'gpu').")
     ] = False,
     scorer: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Step scorer spec: attention[:query=last|answer|probe,layers=..,heads=mean|max|"
             "receiver,agg=sum|mean,sink=keep|exclude] | ablation | random | length | position"
-            " | uniform."
+            " | uniform. Default: attention (online mode: attention:query=probe)."
         ),
-    ] = "attention",
+    ] = None,
     policy: Annotated[
         str, typer.Option(help="Pruning policy: percentile | adaptive (TRAAC).")
     ] = "percentile",
@@ -111,6 +112,9 @@ def run(
             "online (evict steps during generation, Think Clearly)."
         ),
     ] = "text",
+    engine: Annotated[
+        str, typer.Option(help="Engine for traces and text-mode answers: hf (transformers).")
+    ] = "hf",
     positions: Annotated[
         str, typer.Option(help="kv mode: original positions (gaps) | rerotate kept keys.")
     ] = "original",
@@ -132,7 +136,9 @@ def run(
         Path | None, typer.Option(help="Run folder (default runs/<dataset>-<model>).")
     ] = None,
 ) -> None:
-    """Generate traces, score and prune their steps, re-evaluate at each threshold, report."""
+    """Generate traces, score and prune their steps, re-evaluate at each threshold, report.
+
+    The results table goes to stdout; progress, warnings and the closing line to stderr."""
     console = Console(stderr=True)
     with user_errors():
         config = RunConfig(
@@ -153,6 +159,7 @@ def run(
             policy=policy,
             segmenter=segmenter,
             mode=mode,
+            engine=engine,
             positions=positions,
             interval=interval,
             budget=budget,
@@ -160,7 +167,7 @@ def run(
             answer_max_tokens=answer_max_tokens,
             out=str(out) if out else None,
         )
-        summary, folder = run_experiment(config, console)
+        summary, folder = run_experiment(config, console, Console())
     base = summary["thresholds"].get("0.0") or next(iter(summary["thresholds"].values()))
     truncation = summary.get("truncation_rate")
     console.print(
@@ -193,7 +200,7 @@ def bench_scoring(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Exactness, time and peak memory of attention scoring vs a plain forward and eager."""
-    from stepprune.bench_scoring import run_scoring_bench
+    from stepprune.bench.scoring import run_scoring_bench
 
     console = Console(stderr=True)
     with user_errors():
@@ -211,7 +218,7 @@ def bench_kv(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """kv vs text re-evaluation time, online peak cache at a 50% budget, decode speed, exactness."""
-    from stepprune.bench_kv import run_kv_bench
+    from stepprune.bench.kv import run_kv_bench
 
     console = Console(stderr=True)
     with user_errors():
@@ -228,7 +235,7 @@ def report(
     ] = None,
 ) -> None:
     """Tables (Markdown, terminal, JSON) and plots for one run or several side by side."""
-    from stepprune.compare import default_report_dir, write_report
+    from stepprune.reporting.report import default_report_dir, write_report
 
     console = Console(stderr=True)
     with user_errors():
@@ -249,7 +256,7 @@ def show(
     ] = None,
 ) -> None:
     """One trace with steps shaded by importance and pruned steps struck through."""
-    from stepprune.show import show_problem
+    from stepprune.reporting.show import show_problem
 
     console = Console()
     with user_errors():
@@ -272,7 +279,7 @@ def bench_scorers(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Planted-step ground truth: AUROC (95% CI), answer recovery and lift of every scorer."""
-    from stepprune.bench_scorers import results_table_markdown, run_scorer_benchmark
+    from stepprune.bench.scorers import results_table_markdown, run_scorer_benchmark
 
     console = Console(stderr=True)
     specs = [s.strip() for s in scorers.split(";") if s.strip()] if scorers else None

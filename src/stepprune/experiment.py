@@ -1,19 +1,23 @@
-"""The experiment, end to end: generate, segment, score, prune, re-evaluate, grade, report.
+"""The experiment, end to end, in one place: the resume loop of ``stepprune run``.
 
-    Problem -> Trace -> Steps -> importances -> keep masks -> Answers -> Records -> summary
+    Problem -> Trace -> Steps -> importances -> keep masks -> Outcomes -> Records -> summary
+    (session.traces)            (scorer)       (policy)      (mode)      (to_record) (reporting)
 
-Each finished trace and its records are appended to the run folder before the next problem
-starts, so an interrupted run resumes where it stopped.
+Everything is checked before anything is loaded or written; then the run folder is locked,
+and each finished trace and its records are appended before the next unit starts, so an
+interrupted run resumes where it stopped. A folder with nothing left to do is summarised
+without loading the model.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,111 +28,49 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import stepprune
-from stepprune.generation import (
-    SamplingConfig,
-    build_trace,
-    generate_outputs,
-    teacher_forced_output,
-)
+from stepprune.config import RunConfig
+from stepprune.decoding import SamplingConfig
 from stepprune.grading import Grader
-from stepprune.kvcache import POSITION_SCHEMES
-from stepprune.models import ChatFormat, eos_token_ids, load_model
-from stepprune.online import OnlineConfig, OnlinePruner
-from stepprune.problems import dataset_name, load_problems
-from stepprune.pruning import POLICIES, PruningPolicy
-from stepprune.reeval import generate_answers, text_context
-from stepprune.reeval_kv import kv_answers
-from stepprune.report import (
-    pick_trace_for_plot,
-    plot_importance,
-    print_summary_table,
-    results_markdown,
-    summarize,
-)
-from stepprune.schema import Problem, Record, Step, Trace
+from stepprune.models import load_model
+from stepprune.modes import MODES, Mode, Pruning, to_record
+from stepprune.modes.kv import KVMode
+from stepprune.modes.online import OnlineMode
+from stepprune.modes.text import TextMode
+from stepprune.policies import POLICIES
+from stepprune.problems import load_problems
+from stepprune.reporting.run_outputs import write_run_outputs
+from stepprune.runfolder import RunFolder, RunFolderError, control_spec, threshold_key
+from stepprune.schema import Problem, Trace
 from stepprune.scorers import SCORERS, Scorer
-from stepprune.steps import (
-    DEFAULT_MIN_STEP_CHARS,
-    SEGMENTERS,
-    attach_labels,
-    segment_paragraphs,
-)
-from stepprune.store import CONTROL_SCORER, RunStore, threshold_key, write_atomic
+from stepprune.session import Segmenter, Session
 
-DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-MODES = ("text", "kv", "online")
-# Online mode always scores by the probe's attention, at each checkpoint, over cached steps.
-ONLINE_SCORER = "attention:query=probe,online"
+# Units per engine call while tracing: large enough to batch, small enough to resume often.
+TRACE_CHUNK = 8
 
 
-@dataclass
-class RunConfig:
-    """Every setting of a run; written to ``config.json``."""
+def build_mode(config: RunConfig) -> Mode:
+    """The re-evaluation mode a config asks for."""
+    if config.mode == "text":
+        return TextMode(answer_max_tokens=config.answer_max_tokens)
+    if config.mode == "kv":
+        return KVMode(answer_max_tokens=config.answer_max_tokens, positions=config.positions)
+    return OnlineMode(
+        sampling=config.sampling(),
+        seed=config.seed,
+        answer_max_tokens=config.answer_max_tokens,
+        budget=config.budget,
+        interval=config.interval,
+    )
 
-    model: str = "bundled"
-    dataset: str = "planted"
-    data_dir: str | None = None
-    limit: int | None = None
-    samples: int = 1
-    thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
-    max_new_tokens: int = 32768
-    temperature: float = 0.6
-    top_p: float = 0.95
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    load_in_4bit: bool = False
-    scorer: str = "attention"
-    policy: str = "percentile"
-    mode: str = "text"
-    answer_max_tokens: int = 512
-    min_step_chars: int = DEFAULT_MIN_STEP_CHARS
-    segmenter: str = "paragraph"
-    positions: str = "original"
-    interval: int = 0
-    budget: int | None = None
-    control: bool = True
-    grade_timeout: float = 10.0
-    out: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise ValueError(f"--samples must be >= 1, got {self.samples}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
-        if self.answer_max_tokens < 1:
-            raise ValueError(f"--answer-max-tokens must be >= 1, got {self.answer_max_tokens}")
-        if not self.thresholds:
-            raise ValueError("--thresholds: give at least one threshold")
-        for t in self.thresholds:
-            if not 0.0 <= t < 1.0:
-                raise ValueError(f"--thresholds: {t} is outside [0, 1)")
-        if self.segmenter not in SEGMENTERS:
-            raise ValueError(f"--segmenter {self.segmenter!r}: choose from {', '.join(SEGMENTERS)}")
-        if self.mode not in MODES:
-            raise ValueError(f"--mode {self.mode!r}: choose from {', '.join(MODES)}")
-        if self.mode == "online" and self.positions != "original":
-            raise ValueError("--mode online keeps original positions; drop --positions")
-        if self.positions not in POSITION_SCHEMES:
-            raise ValueError(
-                f"--positions {self.positions!r}: choose from {', '.join(POSITION_SCHEMES)}"
-            )
-        self.thresholds = sorted({float(t) for t in self.thresholds})
-
-    def output_dir(self) -> Path:
-        """``--out``, or ``runs/<dataset>-<model>`` named from the config."""
-        if self.out:
-            return Path(self.out)
-        model = Path(self.model.rstrip("/")).name.removesuffix(".gguf")
-        return Path("runs") / f"{dataset_name(self.dataset)}-{model}"
-
-    def identity(self) -> dict[str, Any]:
-        """Settings that must match to resume in an existing run folder."""
-        # Not the scorer, thresholds, samples or limit: traces are reused across those.
-        keys = ["model", "dataset", "max_new_tokens", "temperature", "top_p", "seed"]
-        keys += ["policy", "mode", "answer_max_tokens", "min_step_chars", "segmenter"]
-        keys += ["load_in_4bit", "positions", "interval", "budget"]
-        return {k: getattr(self, k) for k in keys}
+def control_mask(seed: int, trace: Trace, threshold: float, kept: int) -> tuple[bool, ...]:
+    """The random control: ``kept`` steps chosen at random, seeded by run seed, trace and
+    threshold, so it keeps as many steps as the scorer it controls."""
+    key = f"{seed}:{trace.problem_id}:{trace.sample}:{threshold_key(threshold)}"
+    chosen = np.random.default_rng(zlib.crc32(key.encode())).permutation(len(trace.steps))
+    keep = np.zeros(len(trace.steps), dtype=bool)
+    keep[chosen[:kept]] = True
+    return tuple(keep.tolist())
 
 
 def _environment() -> dict[str, str]:
@@ -141,399 +83,195 @@ def _environment() -> dict[str, str]:
     }
 
 
-def _problem_seed(seed: int, problem_id: str) -> int:
-    """Seed of one problem's samples, independent of the order problems run in."""
-    return zlib.crc32(f"{seed}:{problem_id}".encode())
-
-
-@dataclass
-class Outcome:
-    """A re-evaluated answer before grading: the steps it came from and which were kept."""
-
-    steps: list[Step]
-    keep: list[bool]
-    answer_ids: list[int]
-    answer_truncated: bool
-    context_tokens: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class Experiment:
-    """Holds the loaded model and strategies; ``run`` processes a list of problems."""
+    """One run: validated strategies, problems and a run folder; ``run`` does what is missing."""
 
-    def __init__(self, config: RunConfig, console: Console | None = None) -> None:
-        self.config = config
-        self.console = console or Console(stderr=True)
+    def __init__(self, config: RunConfig, err: Console, out: Console) -> None:
+        self.config, self.err, self.out = config, err, out
+        # Everything that can be checked without the model is checked here, before any file
+        # is written or the model is loaded.
         self.scorer: Scorer = SCORERS.build(config.scorer)
-        self.policy: PruningPolicy = POLICIES.build(config.policy)
-        self.sampling = SamplingConfig(config.max_new_tokens, config.temperature, config.top_p)
-
-    def load(self) -> None:
-        cfg = self.config
-        started = time.perf_counter()
-        with self.console.status(f"loading model {cfg.model} ..."):
-            self.model, self.tokenizer = load_model(
-                cfg.model, cfg.device, cfg.dtype, cfg.load_in_4bit
-            )
-        self.format = ChatFormat.from_tokenizer(self.tokenizer)
-        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id
-        kind = "thinking" if self.format.is_thinking else "non-thinking"
-        self.console.print(
-            f"model {cfg.model}: {kind}, {self.model.config.num_hidden_layers} layers, "
-            f"{self.model.device}, {self.model.dtype}, "
-            f"loaded in {time.perf_counter() - started:.0f} s"
+        self.policy = POLICIES.build(config.policy)
+        self.mode = build_mode(config)
+        self.mode.check(self.scorer)
+        self.problems = load_problems(
+            config.dataset,
+            Path(config.data_dir) if config.data_dir else None,
+            config.limit,
+            seed=config.seed,
         )
+        self.control = (
+            control_spec(config.seed) if config.control and not self.mode.decides_online else None
+        )
+        self.units = [(p, s) for p in self.problems for s in range(config.samples)]
 
-    # -- stages -------------------------------------------------------------------------------
-
-    def make_traces(self, problem: Problem, samples: list[int], grader: Grader) -> list[Trace]:
-        """Generate (or teacher-force) the given samples of a problem; segment, score, grade."""
-        prompt = self.format.prompt_ids(problem.problem)
-        if problem.reasoning is not None:
-            output = teacher_forced_output(self.format, problem, prompt, self.eos_ids[0])
-            outputs = [output] * self.config.samples
-        else:
-            seed = _problem_seed(self.config.seed, problem.id)
-            outputs = generate_outputs(
-                self.model, prompt, self.config.samples, self.sampling, seed, self.pad_id
-            )
-        traces = []
-        for sample in samples:
-            trace = build_trace(
-                self.format,
-                problem,
-                sample,
-                prompt,
-                outputs[sample],
-                self.eos_ids,
-                teacher_forced=problem.reasoning is not None,
-            )
-            trace.steps = segment_paragraphs(
-                self.tokenizer,
-                trace.all_ids,
-                trace.reasoning_start,
-                trace.reasoning_end,
-                self.config.min_step_chars,
-                self.config.segmenter,
-            )
-            attach_labels(trace.steps, problem.step_labels)
-            for step, importance in zip(
-                trace.steps,
-                self.scorer.score(self.model, trace, self.format, problem.answer),
-                strict=True,
-            ):
-                step.importance = importance
-            trace.scorer = self.scorer.spec
-            grade = grader.grade(problem.answer, trace.original_answer)
-            trace.original_prediction, trace.original_correct = grade.prediction, grade.correct
-            traces.append(trace)
-        return traces
-
-    @property
-    def scorer_spec(self) -> str:
-        return ONLINE_SCORER if self.config.mode == "online" else self.scorer.spec
-
-    @property
-    def control_spec(self) -> str | None:
-        """The random control's spec, or None when there is none (online mode, --no-control)."""
-        if not self.config.control or self.config.mode == "online":
-            return None
-        return f"{CONTROL_SCORER}:seed={self.config.seed}"
-
-    def control_mask(self, trace: Trace, threshold: float, kept: int) -> tuple[bool, ...]:
-        """``kept`` steps chosen at random, seeded by run seed, trace and threshold: the control
-        keeps as many steps as the scorer does at that threshold."""
-        key = f"{self.config.seed}:{trace.problem_id}:{trace.sample}:{threshold_key(threshold)}"
-        chosen = np.random.default_rng(zlib.crc32(key.encode())).permutation(len(trace.steps))
-        keep = np.zeros(len(trace.steps), dtype=bool)
-        keep[chosen[:kept]] = True
-        return tuple(keep.tolist())
-
-    def make_records(
-        self, problem: Problem, trace: Trace, importances: list[float], grader: Grader
-    ) -> list[Record]:
-        """Prune at every threshold (and the random control) and re-evaluate in the configured
-        mode.
-
-        All thresholds are always computed together, so the batches of greedy answers, and
-        hence the answers, do not depend on which records a resumed run still lacks.
-        """
+    def prunings(self, trace: Trace, importances: list[float]) -> list[Pruning]:
+        """What to re-evaluate for one trace: the scorer's mask at every threshold and the
+        random control beside each (online mode decides during generation: no masks)."""
         thresholds = self.config.thresholds
-        if self.config.mode == "online":
-            return [
-                self._record(problem, trace, t, self._online_outcome(problem, trace, t), grader)
-                for t in thresholds
-            ]
+        if self.mode.decides_online:
+            return [Pruning(self.scorer.spec, t) for t in thresholds]
         masks = [tuple(self.policy.keep(importances, t)) for t in thresholds]
-        runs = [(self.scorer_spec, t, m) for t, m in zip(thresholds, masks, strict=True)]
-        if self.control_spec is not None:
-            runs += [
-                (self.control_spec, t, self.control_mask(trace, t, sum(m)))
+        prunings = [Pruning(self.scorer.spec, t, m) for t, m in zip(thresholds, masks, strict=True)]
+        if self.control is not None:
+            prunings += [
+                Pruning(self.control, t, control_mask(self.config.seed, trace, t, sum(m)))
                 for t, m in zip(thresholds, masks, strict=True)
             ]
-        # Greedy answers depend on the kept set only: identical masks share one answer.
-        unique = list(dict.fromkeys(mask for _, _, mask in runs))
-        answer_of = self._text_outcomes if self.config.mode == "text" else self._kv_outcomes
-        by_mask = dict(zip(unique, answer_of(trace, unique), strict=True))
-        return [
-            self._record(problem, trace, t, by_mask[mask], grader, scorer=spec)
-            for spec, t, mask in runs
-        ]
+        return prunings
 
-    def _text_outcomes(self, trace: Trace, masks: list[tuple[bool, ...]]) -> list[Outcome]:
-        contexts = [text_context(self.format, trace, mask) for mask in masks]
-        answers = generate_answers(
-            self.model,
-            contexts,
-            self.config.answer_max_tokens,
-            self.pad_id,
-            self.eos_ids,
-            box_stop=(self.tokenizer, self.format.answer_cue_text()),
-        )
-        return [
-            Outcome(trace.steps, list(mask), answer.ids, answer.truncated, len(context))
-            for mask, context, answer in zip(masks, contexts, answers, strict=True)
-        ]
+    def _pending(self, folder: RunFolder) -> tuple[list[tuple[Problem, int]], list]:
+        """Units without a trace, and units whose scores or records are incomplete."""
+        specs = [s for s in (self.scorer.spec, self.control) if s]
+        untraced, unfinished = [], []
+        for problem, sample in self.units:
+            trace = folder.traces.get((problem.id, sample))
+            if trace is None:
+                untraced.append((problem, sample))
+            if (
+                trace is None
+                or folder.importances(trace, self.scorer.spec) is None
+                or not all(
+                    folder.has_record(problem.id, sample, t, spec)
+                    for t in self.config.thresholds
+                    for spec in specs
+                )
+            ):
+                unfinished.append((problem, sample))
+        return untraced, unfinished
 
-    def _kv_outcomes(self, trace: Trace, masks: list[tuple[bool, ...]]) -> list[Outcome]:
-        results = kv_answers(
-            self.model,
-            self.format,
-            trace,
-            [list(m) for m in masks],
-            self.config.positions,
-            self.config.answer_max_tokens,
-            self.eos_ids,
-        )
-        return [
-            Outcome(
-                trace.steps,
-                list(mask),
-                r.answer.ids,
-                r.answer.truncated,
-                r.context_tokens,
-                extra={
-                    "positions": self.config.positions,
-                    "cache_tokens": r.cache_tokens,
-                    "full_cache_tokens": r.full_cache_tokens,
-                },
-            )
-            for mask, r in zip(masks, results, strict=True)
-        ]
+    def _check_unchanged(self, folder: RunFolder) -> None:
+        """Refuse a folder whose traces or records were made from another version of a problem
+        (an edited dataset file): reusing them would grade against a stale answer."""
+        problems = {p.id: p for p in self.problems}
+        for (problem_id, _), trace in folder.traces.items():
+            problem = problems.get(problem_id)
+            if problem is not None and trace.problem and trace.problem != problem.problem:
+                raise RunFolderError(
+                    f"{folder.out}: problem {problem_id!r} differs from the one its traces were "
+                    "made from (the dataset changed); use another --out"
+                )
+        for record in folder.records.values():
+            problem = problems.get(record.problem_id)
+            if problem is not None and record.gold != problem.answer:
+                raise RunFolderError(
+                    f"{folder.out}: the answer of problem {record.problem_id!r} is now "
+                    f"{problem.answer!r}, its records say {record.gold!r} (the dataset "
+                    "changed); use another --out"
+                )
 
-    def _online_outcome(self, problem: Problem, trace: Trace, threshold: float) -> Outcome:
-        """One online generation (teacher-forced for traces that carry their reasoning)."""
+    def run(self) -> dict[str, Any]:
+        """Trace, score, prune and re-evaluate every unit not yet in the run folder; report."""
         cfg = self.config
-        pruner = OnlinePruner(
-            self.model,
-            self.format,
-            OnlineConfig(
-                policy=self.policy,
-                threshold=threshold,
-                budget=cfg.budget,
-                interval=cfg.interval,
-                min_step_chars=cfg.min_step_chars,
-            ),
-            self.eos_ids,
-        )
-        prompt = trace.prompt_ids
-        seed = _problem_seed(cfg.seed, problem.id) + trace.sample
-        if trace.teacher_forced:
-            forced = trace.all_ids[len(prompt) : trace.reasoning_end]
-            result = pruner.run(prompt, self.sampling, seed, forced, cfg.answer_max_tokens)
-            steps, answer_ids = trace.steps, result.answer_ids
-        else:
-            result = pruner.run(prompt, self.sampling, seed)
-            online = build_trace(
-                self.format, problem, trace.sample, prompt, result.output_ids, self.eos_ids, False
+        run_config = {"config": asdict(cfg), "environment": _environment()}
+        identity = cfg.identity()
+        with RunFolder(cfg.output_dir(), identity, run_config) as folder:
+            self._check_unchanged(folder)
+            untraced, unfinished = self._pending(folder)
+            if unfinished:
+                with Grader(timeout_s=cfg.grade_timeout) as grader:
+                    session = self._load(grader)
+                    folder.write_config()
+                    self._work(session, folder, untraced, unfinished)
+            else:
+                folder.write_config()
+                self.err.print("nothing left to do in this folder: summarising", highlight=False)
+            units = {(p.id, s) for p, s in self.units}
+            return write_run_outputs(
+                folder.run(),
+                scorer=self.scorer.spec,
+                control=self.control,
+                policy=self.policy.spec,
+                mode=self.mode.name,
+                thresholds=cfg.thresholds,
+                units=units,
+                out=self.out,
+                err=self.err,
             )
-            steps = segment_paragraphs(
-                self.tokenizer,
-                online.all_ids,
-                online.reasoning_start,
-                online.reasoning_end,
-                cfg.min_step_chars,
-                cfg.segmenter,
-            )
-            end = len(online.all_ids) - (1 if online.hit_eos else 0)
-            answer_ids = (
-                online.all_ids[online.reasoning_end + 1 : end] if online.finished_reasoning else []
-            )
-        gone = result.evicted_positions
-        keep = [not any(p in gone for p in range(s.start, s.end)) for s in steps]
-        return Outcome(
-            steps,
-            keep,
-            answer_ids,
-            result.answer_truncated,
-            result.cache_tokens + result.cue_tokens,
-            extra={
-                "positions": "original",
-                "cache_tokens": result.cache_tokens,
-                "full_cache_tokens": result.reasoning_end,
-                "online": {
-                    "tokens_generated": len(result.output_ids),
-                    "peak_cache_tokens": result.peak_cache_tokens,
-                    "final_cache_tokens": result.final_cache_tokens,
-                    "checkpoints": result.checkpoints,
-                    "evictions": result.evictions,
-                },
-            },
-        )
 
-    def _record(
-        self,
-        problem: Problem,
-        trace: Trace,
-        threshold: float,
-        outcome: Outcome,
-        grader: Grader,
-        scorer: str | None = None,
-    ) -> Record:
-        kept = [s for s, k in zip(outcome.steps, outcome.keep, strict=True) if k]
-        text = self.format.answer_cue_text() + self.tokenizer.decode(
-            outcome.answer_ids, skip_special_tokens=True
-        )
-        grade = grader.grade(problem.answer, text)
-        return Record(
-            problem_id=trace.problem_id,
-            sample=trace.sample,
-            threshold=threshold,
-            mode=self.config.mode,
-            scorer=scorer or self.scorer_spec,
-            policy=self.policy.spec,
-            kept_steps=[s.index for s in kept],
-            num_steps=len(outcome.steps),
-            steps_kept=len(kept),
-            reasoning_tokens=sum(s.num_tokens for s in outcome.steps),
-            tokens_kept=sum(s.num_tokens for s in kept),
-            reasoning_chars=sum(len(s.text) for s in outcome.steps),
-            chars_kept=sum(len(s.text) for s in kept),
-            context_tokens=outcome.context_tokens,
-            answer_text=text,
-            answer_tokens=len(outcome.answer_ids),
-            answer_truncated=outcome.answer_truncated,
-            gold=problem.answer,
-            prediction=grade.prediction,
-            correct=grade.correct,
-            trace_truncated=trace.truncated,
-            **outcome.extra,
-        )
-
-    # -- orchestration ------------------------------------------------------------------------
-
-    def run(self, problems: list[Problem], store: RunStore) -> dict[str, Any]:
-        """Process every problem x sample x threshold not yet in ``store``; write the reports."""
+    def _load(self, grader: Grader) -> Session:
         cfg = self.config
+        started = time.perf_counter()
+        with self.err.status(f"loading model {cfg.model} ..."):
+            model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, cfg.load_in_4bit)
+        session = Session(
+            model,
+            tokenizer,
+            scorer=self.scorer,
+            policy=self.policy,
+            segmenter=Segmenter(cfg.segmenter, cfg.min_step_chars),
+            grader=grader,
+            engine=cfg.engine,
+        )
+        kind = "thinking" if session.format.is_thinking else "non-thinking"
+        self.err.print(
+            f"model {cfg.model}: {kind}, {model.config.num_hidden_layers} layers, "
+            f"{model.device}, {model.dtype}, loaded in {time.perf_counter() - started:.0f} s",
+            highlight=False,
+        )
+        return session
+
+    @contextmanager
+    def _progress(self) -> Iterator[Progress]:
         columns = [
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
         ]
-        total = len(problems) * cfg.samples
-        with (
-            Grader(timeout_s=cfg.grade_timeout) as grader,
-            Progress(*columns, console=self.console, transient=False) as progress,
+        with Progress(*columns, console=self.err, transient=False) as progress:
+            yield progress
+
+    def _work(
+        self,
+        session: Session,
+        folder: RunFolder,
+        untraced: list[tuple[Problem, int]],
+        unfinished: list[tuple[Problem, int]],
+    ) -> None:
+        sampling = self.config.sampling()
+        with self._progress() as progress:
+            if untraced:
+                task = progress.add_task("tracing", total=len(untraced))
+                for begin in range(0, len(untraced), TRACE_CHUNK):
+                    chunk = untraced[begin : begin + TRACE_CHUNK]
+                    for trace in session.traces(chunk, sampling, self.config.seed):
+                        folder.add_trace(trace)
+                    progress.advance(task, len(chunk))
+            task = progress.add_task("re-evaluating", total=len(unfinished))
+            for problem, sample in unfinished:
+                progress.update(task, description=f"{problem.id}#{sample}: re-evaluating")
+                self._finish_unit(session, folder, problem, folder.traces[(problem.id, sample)])
+                progress.advance(task)
+
+    def _finish_unit(
+        self, session: Session, folder: RunFolder, problem: Problem, trace: Trace
+    ) -> None:
+        """Score (if this scorer has not yet) and re-evaluate every threshold of one trace.
+
+        All thresholds are evaluated together, so batches of greedy answers, and hence the
+        answers, do not depend on which records a resumed run still lacks.
+        """
+        importances = folder.importances(trace, self.scorer.spec)
+        if importances is None:  # a trace reused from a run with another scorer
+            importances = session.score(trace, problem)
+            folder.add_scores(trace, self.scorer.spec, importances)
+        prunings = self.prunings(trace, importances)
+        if all(
+            folder.has_record(trace.problem_id, trace.sample, p.threshold, p.scorer)
+            for p in prunings
         ):
-            task = progress.add_task("problems x samples", total=total)
-            for problem in problems:
-                missing = [s for s in range(cfg.samples) if (problem.id, s) not in store.traces]
-                if missing:
-                    progress.update(task, description=f"{problem.id}: tracing")
-                    for trace in self.make_traces(problem, missing, grader):
-                        store.add_trace(trace)
-                for sample in range(cfg.samples):
-                    trace = store.traces[(problem.id, sample)]
-                    importances = store.importances(trace, self.scorer.spec)
-                    if importances is None:  # a trace reused from a run with another scorer
-                        progress.update(task, description=f"{problem.id}: scoring")
-                        importances = self.scorer.score(
-                            self.model, trace, self.format, problem.answer
-                        )
-                        store.add_scores(trace, self.scorer.spec, importances)
-                    specs = [s for s in (self.scorer_spec, self.control_spec) if s]
-                    done = all(
-                        store.has_record(problem.id, sample, t, spec)
-                        for t in cfg.thresholds
-                        for spec in specs
-                    )
-                    if not done:
-                        progress.update(task, description=f"{problem.id}: re-evaluating")
-                        records = self.make_records(problem, trace, importances, grader)
-                        store.add_records(
-                            [
-                                r
-                                for r in records
-                                if not store.has_record(
-                                    r.problem_id, r.sample, r.threshold, r.scorer
-                                )
-                            ]
-                        )
-                    progress.advance(task)
-        return self.report(problems, store)
-
-    def warn_truncated(self, traces: list[Trace]) -> None:
-        truncated = [f"{t.problem_id}#{t.sample}" for t in traces if t.truncated]
-        if truncated:
-            self.console.print(
-                f"[yellow]warning:[/yellow] {len(truncated)} trace(s) stopped at --max-new-tokens "
-                f"{self.config.max_new_tokens} before finishing their reasoning (truncated): "
-                f"{', '.join(truncated[:8])}{' ...' if len(truncated) > 8 else ''}",
-                highlight=False,
-                soft_wrap=True,
-            )
-
-    def report(self, problems: list[Problem], store: RunStore) -> dict[str, Any]:
-        """Write summary.json, results.md and importance.png for the selected units."""
-        cfg = self.config
-        wanted = {(p.id, s) for p in problems for s in range(cfg.samples)}
-        traces = [t for key, t in store.traces.items() if key in wanted]
-        thresholds = {threshold_key(t) for t in cfg.thresholds}
-
-        def selected(spec: str | None) -> list[Record]:
-            return [
-                r
-                for (pid, s, t, scorer), r in store.records.items()
-                if (pid, s) in wanted and t in thresholds and scorer == spec
-            ]
-
-        self.warn_truncated(traces)
-        dataset = dataset_name(cfg.dataset)
-        summary = summarize(selected(self.scorer_spec), traces, model=cfg.model, dataset=dataset)
-        if self.control_spec is not None:
-            control = summarize(
-                selected(self.control_spec), traces, model=cfg.model, dataset=dataset
-            )
-            summary["random_control"] = {"scorer": self.control_spec, **control["thresholds"]}
-        summary["scorer"] = self.scorer_spec
-        summary["policy"] = self.policy.spec
-        summary["mode"] = cfg.mode
-        write_atomic(store.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        write_atomic(store.out / "results.md", results_markdown(summary))
-        trace = pick_trace_for_plot(traces)
-        if trace is not None:
-            plot_importance(trace, store.out / "importance.png")
-        print_summary_table(summary, self.console)
-        return summary
+            return
+        outcomes = self.mode.evaluate(session, problem, trace, prunings)
+        folder.add_records([to_record(session, self.mode, problem, trace, o) for o in outcomes])
 
 
 def run_experiment(
-    config: RunConfig, console: Console | None = None
+    config: RunConfig, err: Console | None = None, out: Console | None = None
 ) -> tuple[dict[str, Any], Path]:
-    """Load problems and model, run everything not yet done in the run folder, report."""
-    console = console or Console(stderr=True)
-    problems = load_problems(
-        config.dataset,
-        Path(config.data_dir) if config.data_dir else None,
-        config.limit,
-        seed=config.seed,
-    )
-    experiment = Experiment(config, console)  # validates scorer and policy before loading
-    out = config.output_dir()
-    run_config = {"config": asdict(config), "environment": _environment()}
-    store = RunStore(out, config.identity(), run_config)
-    experiment.load()
-    summary = experiment.run(problems, store)
-    return summary, out
+    """Run (or resume) the experiment ``config`` describes; returns the summary and folder."""
+    experiment = Experiment(config, err or Console(stderr=True), out or Console())
+    return experiment.run(), config.output_dir()
+
+
+__all__ = ["MODES", "Experiment", "RunConfig", "SamplingConfig", "build_mode", "run_experiment"]

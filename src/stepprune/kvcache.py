@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-POSITION_SCHEMES = ("original", "rerotate")
 FULL = "full_attention"
 SLIDING = "sliding_attention"
 
@@ -132,39 +131,47 @@ class KVState:
         self.positions = dict(positions)
         self.next_position = nxt
 
-    def gather(self, keep: torch.Tensor, scheme: str, model: PreTrainedModel) -> KVState:
-        """A pruned copy: full-attention layers keep the entries where ``keep`` is True.
+    def gather(self, keep: torch.Tensor) -> KVState:
+        """A pruned copy: full-attention layers keep the entries where ``keep`` is True, at the
+        positions they were computed at (gaps where entries left).
 
         Args:
             keep: ``(length,)`` bool over the full-attention entries.
-            scheme: ``original`` or ``rerotate`` (see the module docstring).
         """
-        if scheme not in POSITION_SCHEMES:
-            raise ValueError(f"positions {scheme!r}: choose from {', '.join(POSITION_SCHEMES)}")
         if keep.shape != (self.length,):
             raise ValueError(f"keep mask has shape {tuple(keep.shape)}, cache has {self.length}")
         index = keep.nonzero().flatten()
-        old = self.positions[FULL][index]
-        new = torch.arange(len(index)) if scheme == "rerotate" else old
-        next_position = len(index) if scheme == "rerotate" else self.next_position
         cache = DynamicCache(config=self.config)
-        positions = {FULL: new}
         for i, (layer, kind) in enumerate(zip(self.cache.layers, self.types, strict=True)):
             keys, values = layer.keys, layer.values
             if kind == FULL:
                 device_index = index.to(keys.device)
                 keys, values = keys[:, :, device_index], values[:, :, device_index]
-                if scheme == "rerotate":
-                    keys = rotate_keys(model, keys, new - old)
-            elif scheme == "rerotate":
-                # Slide the window's entries to sit just before the next token, as before.
-                delta = torch.full((keys.shape[2],), next_position - self.next_position)
-                keys = rotate_keys(model, keys, delta)
             cache.update(keys.clone(), values.clone(), i)
-        if SLIDING in self.positions:
-            offset = next_position - self.next_position
-            positions[SLIDING] = self.positions[SLIDING] + offset
-        return KVState(cache, self.types, positions, next_position, self.window, self.config)
+        positions = {**self.positions, FULL: self.positions[FULL][index]}
+        return KVState(cache, self.types, positions, self.next_position, self.window, self.config)
+
+
+def rerotate(state: KVState, model: PreTrainedModel) -> KVState:
+    """``state`` with its full-attention keys rotated to contiguous positions ``0..n-1`` and the
+    next token at ``n``; sliding-window entries slide by the same offset, so they still sit
+    just before the next token. Composes after ``KVState.gather``.
+    """
+    old = state.positions[FULL]
+    new = torch.arange(len(old))
+    next_position = len(old)
+    offset = next_position - state.next_position
+    cache = DynamicCache(config=state.config)
+    for i, (layer, kind) in enumerate(zip(state.cache.layers, state.types, strict=True)):
+        delta = new - old if kind == FULL else torch.full((layer.keys.shape[2],), offset)
+        cache.update(rotate_keys(model, layer.keys, delta), layer.values, i)
+    positions = {FULL: new}
+    if SLIDING in state.positions:
+        positions[SLIDING] = state.positions[SLIDING] + offset
+    return KVState(cache, state.types, positions, next_position, state.window, state.config)
+
+
+POSITION_SCHEMES = {"original": lambda state, model: state, "rerotate": rerotate}
 
 
 def prefill(model: PreTrainedModel, ids: list[int]) -> tuple[KVState, torch.Tensor]:

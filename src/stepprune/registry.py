@@ -20,6 +20,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SpecError(f"{spec!r}: option {item!r} is not key=value")
+        if key.strip() in options:
+            raise SpecError(f"{spec!r}: option {key.strip()!r} is given twice")
         options[key.strip()] = value.strip()
     if not name:
         raise SpecError(f"{spec!r}: empty strategy name")
@@ -43,6 +45,12 @@ class Registry(Generic[T]):
     @property
     def names(self) -> list[str]:
         return sorted(self._factories)
+
+    def get(self, name: str) -> Callable[..., T]:
+        """The factory registered as ``name`` (for strategies built with runtime arguments)."""
+        if name not in self._factories:
+            raise SpecError(f"unknown {self.kind} {name!r}; choose from {', '.join(self.names)}")
+        return self._factories[name]
 
     def build(self, spec: str) -> T:
         """Instantiate the strategy a spec names, passing its options as string keywords."""

@@ -83,6 +83,8 @@ class Trace(JsonMixin):
     original_answer: str = ""
     original_prediction: str | None = None
     original_correct: bool | None = None
+    # The problem statement, so that a run folder is readable without its dataset.
+    problem: str = ""
 
     @property
     def all_ids(self) -> list[int]:
@@ -106,9 +108,9 @@ class Record(JsonMixin):
     mode: str
     scorer: str
     policy: str
-    kept_steps: list[int]
+    kept_steps: list[int]  # indices of the kept steps
     num_steps: int
-    steps_kept: int
+    num_kept_steps: int
     reasoning_tokens: int
     tokens_kept: int
     reasoning_chars: int
@@ -132,9 +134,16 @@ class Record(JsonMixin):
 
     @property
     def steps_kept_pct(self) -> float:
-        return 100.0 * self.steps_kept / self.num_steps if self.num_steps else 100.0
+        return 100.0 * self.num_kept_steps / self.num_steps if self.num_steps else 100.0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["steps_kept_pct"] = self.steps_kept_pct
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        if "steps_kept" in data and "num_kept_steps" not in data:  # folders before 0.2
+            data = {**data, "num_kept_steps": data["steps_kept"]}
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

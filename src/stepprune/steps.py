@@ -165,7 +165,7 @@ def _merge_short(
     return merged
 
 
-def segment_paragraphs(
+def segment_steps(
     tokenizer: PreTrainedTokenizerBase,
     all_ids: Sequence[int],
     start: int,

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from stepprune.context import text_context
 from stepprune.models import ChatFormat
-from stepprune.reeval import text_context
 from stepprune.schema import Trace
 from stepprune.scorers.base import SCORERS, normalise, require
 

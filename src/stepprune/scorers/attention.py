@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from stepprune.attention import capture_attention
+from stepprune.capture import capture_attention
+from stepprune.kvcache import FULL, KVState
 from stepprune.models import ChatFormat
 from stepprune.registry import SpecError
-from stepprune.schema import Trace
+from stepprune.schema import Step, Trace
 from stepprune.scorers.base import SCORERS, normalise, require
 
 QUERIES = ("last", "answer", "probe")
@@ -75,6 +76,39 @@ def step_attention_mass(
     ) as capture:
         model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
     return capture.stacked().cpu()
+
+
+@torch.inference_mode()
+def cached_probe_mass(
+    model: PreTrainedModel, state: KVState, probe: list[int], steps: list[Step]
+) -> torch.Tensor:
+    """Attention of the ``probe`` tokens, forwarded after ``state``'s cache, on each step's
+    cached entries; the probe is then removed from the cache again.
+
+    Returns:
+        float64 ``(full-attention layers, heads, len(probe), len(steps) + 1)`` on the CPU; the
+        last bucket holds everything that is not a step (prompt, separators, recent tokens).
+    """
+    positions = state.positions[FULL]
+    buckets = torch.full((len(positions) + len(probe),), len(steps), dtype=torch.long)
+    for i, step in enumerate(steps):
+        buckets[: len(positions)][(positions >= step.start) & (positions < step.end)] = i
+    saved, saved_positions, saved_next = (
+        state.snapshot(),
+        dict(state.positions),
+        state.next_position,
+    )
+    full_layers = [i for i, kind in enumerate(state.types) if kind == FULL]
+    with capture_attention(
+        model,
+        list(range(len(probe))),
+        key_buckets=buckets.to(model.device),
+        num_buckets=len(steps) + 1,
+        layers=full_layers,
+    ) as capture:
+        state.forward(model, probe)
+    state.restore(saved, saved_positions, saved_next)
+    return capture.stacked().double().cpu()
 
 
 def select_receiver_heads(head_step_mass: torch.Tensor, k: int) -> list[tuple[int, int]]:
@@ -163,7 +197,7 @@ class AttentionScorer:
             positions = list(range(trace.reasoning_end, len(ids)))
             return ids, positions or [len(ids) - 1]  # a truncated trace has no answer span
         fmt = require(fmt, "the chat format (tokenizer) for its probe", self.spec)
-        probe = fmt.encode(f"\n\n{self.probe}\n") + fmt.answer_cue_ids()
+        probe = self.probe_ids(fmt)
         prefix = ids[: trace.reasoning_end]
         return prefix + probe, list(range(len(prefix), len(prefix) + len(probe)))
 
@@ -194,7 +228,38 @@ class AttentionScorer:
     ) -> list[float]:
         if not trace.steps:
             return []
-        steps = self.step_mass(model, trace, fmt)
+        return self._reduce(self.step_mass(model, trace, fmt))
+
+    def online_problem(self) -> str | None:
+        """Why this variant cannot score cached steps during generation (None: it can)."""
+        if self.query != "probe":
+            return f"query={self.query} needs the finished trace; use query=probe"
+        if self.sink == "exclude":
+            return "sink=exclude needs the separators of the finished trace"
+        return None
+
+    def score_cache(
+        self, model: PreTrainedModel, fmt: ChatFormat, state: KVState, steps: list[Step]
+    ) -> list[float]:
+        """Score ``steps`` (all in ``state``'s full-attention entries) by the probe's attention,
+        then drop the probe from the cache again (online mode's checkpoints).
+
+        Only the full-attention layers are read: sliding-window layers no longer hold the
+        older steps. ``layers`` indexes those layers.
+        """
+        if self.online_problem():
+            raise ValueError(f"scorer {self.spec!r}: {self.online_problem()}")
+        mass = cached_probe_mass(model, state, self.probe_ids(fmt), steps)[..., : len(steps)]
+        if self.agg == "mean":
+            mass = mass / torch.tensor([s.num_tokens for s in steps], dtype=mass.dtype)
+        return self._reduce(mass)
+
+    def probe_ids(self, fmt: ChatFormat) -> list[int]:
+        """The probe's tokens: the instruction, then the end-of-reasoning cue."""
+        return fmt.encode(f"\n\n{self.probe}\n") + fmt.answer_cue_ids()
+
+    def _reduce(self, steps: torch.Tensor) -> list[float]:
+        """``(layers, heads, queries, steps)`` -> one normalised importance per step."""
         steps = steps[_parse_layers(self.layers, steps.shape[0])]  # (layers', heads, q, steps)
         if self.heads == "mean":
             per_layer = steps.mean(1)

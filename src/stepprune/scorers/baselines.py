@@ -7,64 +7,83 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stepprune.schema import Trace
+from stepprune.registry import SpecError
+from stepprune.schema import Step, Trace
 from stepprune.scorers.base import SCORERS, normalise
+
+
+class StepsOnly:
+    """Scorers that read the steps alone (no model): they score cached steps online too."""
+
+    def score(self, model, trace: Trace, fmt=None, gold=None) -> list[float]:
+        return self.score_steps(trace.steps, f"{trace.problem_id}:{trace.sample}")
+
+    def score_cache(self, model, fmt, state, steps: list[Step]) -> list[float]:
+        # Online checkpoints of one trace see different step sets: seed on their positions.
+        return self.score_steps(steps, ",".join(str(s.start) for s in steps))
+
+    def score_steps(self, steps: list[Step], key: str) -> list[float]:
+        raise NotImplementedError
 
 
 @SCORERS.register("random")
 @dataclass(frozen=True)
-class RandomScorer:
+class RandomScorer(StepsOnly):
     """Seeded random importances: the control that every other scorer must beat."""
 
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "seed", int(self.seed))
+        try:
+            object.__setattr__(self, "seed", int(self.seed))
+        except ValueError:
+            raise SpecError(f"random: seed={self.seed!r} is not an integer") from None
 
     @property
     def spec(self) -> str:
         return f"random:seed={self.seed}"
 
-    def score(self, model, trace: Trace, fmt=None, gold=None) -> list[float]:
-        # A stable per-trace seed: the same trace gets the same scores in every run.
-        key = zlib.crc32(f"{self.seed}:{trace.problem_id}:{trace.sample}".encode())
-        return normalise(np.random.default_rng(key).random(len(trace.steps)))
+    def score_steps(self, steps: list[Step], key: str) -> list[float]:
+        # A stable per-trace seed: the same trace gets the same scores in every run, and
+        # different traces get different ones.
+        seed = zlib.crc32(f"{self.seed}:{key}".encode())
+        return normalise(np.random.default_rng(seed).random(len(steps)))
 
 
 @SCORERS.register("length")
 @dataclass(frozen=True)
-class LengthScorer:
+class LengthScorer(StepsOnly):
     """Importance proportional to the step's token count (what summed attention tracks)."""
 
     @property
     def spec(self) -> str:
         return "length"
 
-    def score(self, model, trace: Trace, fmt=None, gold=None) -> list[float]:
-        return normalise(np.array([s.num_tokens for s in trace.steps], dtype=float))
+    def score_steps(self, steps: list[Step], key: str) -> list[float]:
+        return normalise(np.array([s.num_tokens for s in steps], dtype=float))
 
 
 @SCORERS.register("position")
 @dataclass(frozen=True)
-class PositionScorer:
+class PositionScorer(StepsOnly):
     """Importance growing linearly with position: recent steps matter most."""
 
     @property
     def spec(self) -> str:
         return "position"
 
-    def score(self, model, trace: Trace, fmt=None, gold=None) -> list[float]:
-        return normalise(np.arange(1, len(trace.steps) + 1, dtype=float))
+    def score_steps(self, steps: list[Step], key: str) -> list[float]:
+        return normalise(np.arange(1, len(steps) + 1, dtype=float))
 
 
 @SCORERS.register("uniform")
 @dataclass(frozen=True)
-class UniformScorer:
+class UniformScorer(StepsOnly):
     """Every step equally important: no step can be told apart, so nothing is pruned."""
 
     @property
     def spec(self) -> str:
         return "uniform"
 
-    def score(self, model, trace: Trace, fmt=None, gold=None) -> list[float]:
-        return normalise(np.ones(len(trace.steps)))
+    def score_steps(self, steps: list[Step], key: str) -> list[float]:
+        return normalise(np.ones(len(steps)))

@@ -1,18 +1,10 @@
-"""Locating reasoning and answer in generated ids; sampling reproducibility."""
+"""Locating reasoning and answer in generated (or teacher-forced) ids."""
 
 from __future__ import annotations
 
-import pytest
-
-from stepprune.generation import (
-    SamplingConfig,
-    build_trace,
-    generate_outputs,
-    teacher_forced_output,
-)
 from stepprune.models import ChatFormat
 from stepprune.schema import Problem
-from tests.conftest import tiny_model
+from stepprune.traces import build_trace, teacher_forced_output
 
 PROBLEM = Problem(id="p1", problem="How many apples?", answer="34")
 
@@ -68,26 +60,40 @@ def test_teacher_forced_r1_trace_round_trips(r1_tokenizer) -> None:
     )
     prompt = fmt.prompt_ids(problem.problem)
     eos = r1_tokenizer.eos_token_id
-    output = teacher_forced_output(fmt, problem, prompt, eos)
-    trace = build_trace(fmt, problem, 0, prompt, output, [eos], True)
+    output, length = teacher_forced_output(fmt, problem, prompt, eos)
+    trace = build_trace(fmt, problem, 0, prompt, output, [eos], True, length)
     reasoning = r1_tokenizer.decode(trace.all_ids[trace.reasoning_start : trace.reasoning_end])
     assert reasoning.strip() == "A step.\n\nB step."
     assert trace.original_answer == "\\boxed{34}" and not trace.truncated
 
 
-def test_sampling_is_reproducible_with_a_seed(r1_tokenizer) -> None:
-    model = tiny_model("qwen2")
-    config = SamplingConfig(max_new_tokens=12, temperature=1.0, top_p=0.95)
-    first = generate_outputs(model, [1, 2, 3], 3, config, seed=5, pad_id=151643)
-    again = generate_outputs(model, [1, 2, 3], 3, config, seed=5, pad_id=151643)
-    other = generate_outputs(model, [1, 2, 3], 3, config, seed=6, pad_id=151643)
-    assert first == again and first != other
-    assert len(first) == 3 and all(len(row) == 12 for row in first)
+def test_thinking_trace_that_ends_before_think_close_is_truncated(r1_tokenizer) -> None:
+    # The model wrote its end-of-sequence token without ever closing its reasoning: the trace
+    # hit EOS, yet it never finished thinking, so it counts as truncated.
+    fmt = ChatFormat.from_tokenizer(r1_tokenizer)
+    eos = r1_tokenizer.eos_token_id
+    prompt = fmt.prompt_ids(PROBLEM.problem)
+    output = fmt.encode("First, 3 × 12 = 36.\n\nSo 34.")
+    trace = build_trace(fmt, PROBLEM, 0, prompt, [*output, eos], [eos], False)
+    assert trace.hit_eos and not trace.finished_reasoning
+    assert trace.truncated
 
 
-@pytest.mark.parametrize(
-    ("field", "value"), [("max_new_tokens", 0), ("temperature", -1.0), ("top_p", 0.0)]
-)
-def test_bad_sampling_settings(field: str, value: float) -> None:
-    with pytest.raises(ValueError, match=field):
-        SamplingConfig(**{field: value})
+def test_brought_reasoning_with_a_box_keeps_all_its_steps(qwen25_tokenizer) -> None:
+    # A plain model's reasoning that writes \boxed{} mid-way: where the reasoning ends comes
+    # from the field boundary, never from a box inside it.
+    fmt = ChatFormat.from_tokenizer(qwen25_tokenizer)
+    problem = Problem(
+        id="b",
+        problem="Q?",
+        answer="34",
+        reasoning="First \\boxed{36} is wrong.\n\nThen 36 - 2 = 34.",
+        final="So \\boxed{34}.",
+    )
+    prompt = fmt.prompt_ids(problem.problem)
+    output, length = teacher_forced_output(fmt, problem, prompt, 151645)
+    trace = build_trace(fmt, problem, 0, prompt, output, [151645], True, length)
+    reasoning = qwen25_tokenizer.decode(trace.all_ids[trace.reasoning_start : trace.reasoning_end])
+    assert reasoning.strip() == problem.reasoning
+    assert trace.original_answer == "So \\boxed{34}."
+    assert trace.problem == "Q?"

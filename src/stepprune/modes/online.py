@@ -1,49 +1,48 @@
 """Online pruning during generation (Think Clearly): evict low-attention steps from the cache.
 
-At every checkpoint (a finished paragraph, or every ``interval`` tokens) the probe ("Time is
-up ..." and the end-of-thinking cue) is appended to the cache, the finished steps are scored by
-the attention the probe pays them, the probe's entries are dropped again, and the steps the
-policy rejects are evicted from the full-attention layers. The prompt and the most recent
-``recent`` tokens are never evicted. Positions stay the original ones (gaps where steps left).
+At every checkpoint (a finished paragraph, or every ``interval`` tokens) the session's scorer
+scores the finished steps still in the cache (``Scorer.score_cache``: for
+``attention:query=probe`` the probe "Time is up ..." and the end-of-thinking cue are appended,
+scored, and dropped again), and the steps the policy rejects at the threshold (or beyond a
+``budget`` of cache entries) are evicted from the full-attention layers. The prompt and the most
+recent ``recent`` tokens are never evicted. Positions stay the original ones (gaps where steps
+left).
 
-Sampling reproduces ``model.generate`` (temperature, then top-p, then a multinomial draw with the
-global torch generator), so the same seed without eviction gives the same tokens.
+Sampling uses the engines' per-sequence sampler (``decoding.RowSampler``) with the trace's seed,
+so without eviction online generation writes the trace the ``hf`` engine samples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from transformers import LogitsProcessorList, PreTrainedModel
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from stepprune.attention import capture_attention
-from stepprune.generation import SamplingConfig
+from stepprune.context import cue_after
+from stepprune.decoding import EOS, LENGTH, Continuation, RowSampler, SamplingConfig, StopRule
 from stepprune.kvcache import FULL, KVState, prefill
-from stepprune.models import ChatFormat
-from stepprune.pruning import PruningPolicy
-from stepprune.reeval import cue_after
-from stepprune.reeval_kv import decode_greedy
-from stepprune.schema import Step
-from stepprune.scorers.attention import DEFAULT_PROBE
-from stepprune.steps import (
-    DEFAULT_MIN_STEP_CHARS,
-    BlockBreakWatcher,
-    block_breaks,
-    segment_paragraphs,
-)
+from stepprune.modes.base import MODES, Mode, Outcome, Pruning
+from stepprune.modes.kv import decode_greedy
+from stepprune.policies import PruningPolicy
+from stepprune.schema import Problem, Step, Trace
+from stepprune.steps import BlockBreakWatcher, block_breaks
+
+if TYPE_CHECKING:
+    from stepprune.session import Session
 
 
 @dataclass(frozen=True)
 class OnlineConfig:
     """How and when to evict.
 
-    ``threshold`` goes to ``policy`` (percentile / adaptive); with ``budget`` set, steps are
-    instead evicted lowest-score first until the cache holds at most ``budget`` entries.
-    ``interval`` 0 checks at every paragraph end, M > 0 every M tokens.
+    ``threshold`` goes to ``policy`` (percentile / adaptive) at every checkpoint, over the
+    finished steps still in the cache, so pruning compounds over a trace: a step that survives
+    one checkpoint is scored again at the next. With ``budget`` set, steps are instead evicted
+    lowest-score first until the cache holds at most ``budget`` entries (the threshold is then
+    unused). ``interval`` 0 checks at every paragraph end, M > 0 every M tokens.
     """
 
     policy: PruningPolicy
@@ -51,12 +50,12 @@ class OnlineConfig:
     budget: int | None = None
     interval: int = 0
     recent: int = 32
-    probe: str = DEFAULT_PROBE
-    min_step_chars: int = DEFAULT_MIN_STEP_CHARS
 
     def __post_init__(self) -> None:
-        if self.interval < 0 or self.recent < 0:
-            raise ValueError("--interval and the recent window must be >= 0")
+        if self.interval < 0:
+            raise ValueError(f"--interval must be >= 0, got {self.interval}")
+        if self.recent < 0:
+            raise ValueError(f"the recent window must be >= 0, got {self.recent}")
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"--budget must be >= 1, got {self.budget}")
 
@@ -72,8 +71,8 @@ class OnlineResult:
     final_cache_tokens: int
     evictions: list[dict] = field(default_factory=list)
     checkpoints: int = 0
-    answer_ids: list[int] = field(default_factory=list)  # teacher-forced runs: after the cue
-    answer_truncated: bool = False
+    answer: Continuation | None = None  # teacher-forced runs: the answer after the cue
+    answer_truncated: bool = False  # generated runs: no end-of-sequence token
     cue_tokens: int = 0  # teacher-forced runs: the end-of-reasoning cue appended to the cache
 
     @property
@@ -81,63 +80,13 @@ class OnlineResult:
         return {p for e in self.evictions for s in e["steps"] for p in range(s["start"], s["end"])}
 
 
-class Sampler:
-    """Next-token choice exactly as ``model.generate`` samples (or greedy at temperature 0)."""
-
-    def __init__(self, sampling: SamplingConfig) -> None:
-        self.greedy = sampling.temperature == 0
-        self.warpers = LogitsProcessorList(
-            [TemperatureLogitsWarper(sampling.temperature), TopPLogitsWarper(sampling.top_p)]
-            if not self.greedy
-            else []
-        )
-
-    def __call__(self, ids: list[int], logits: torch.Tensor) -> int:
-        if self.greedy:
-            return int(torch.argmax(logits))
-        scores = self.warpers(torch.tensor([ids]), logits[None].float())
-        return int(torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)[0, 0])
-
-
-def _probe_scores(
-    model: PreTrainedModel, state: KVState, probe: list[int], steps: list[Step]
-) -> list[float]:
-    """Probe-to-step attention (mean over full-attention layers, heads and probe tokens, summed
-    over each step's entries), then the probe is removed from the cache."""
-    positions = state.positions[FULL]
-    buckets = torch.full((len(positions) + len(probe),), len(steps), dtype=torch.long)
-    for i, step in enumerate(steps):
-        buckets[: len(positions)][(positions >= step.start) & (positions < step.end)] = i
-    saved, saved_positions, saved_next = (
-        state.snapshot(),
-        dict(state.positions),
-        state.next_position,
-    )
-    full_layers = [i for i, kind in enumerate(state.types) if kind == FULL]
-    query_positions = list(range(len(positions), len(positions) + len(probe)))
-    with capture_attention(
-        model,
-        [q - len(positions) for q in query_positions],
-        key_buckets=buckets.to(model.device),
-        num_buckets=len(steps) + 1,
-        layers=full_layers,
-    ) as capture:
-        state.forward(model, probe)
-    state.restore(saved, saved_positions, saved_next)
-    mass = capture.stacked().double().mean(dim=(0, 1, 2))[: len(steps)].cpu().numpy()
-    total = mass.sum()
-    return (mass / total).tolist() if total > 0 else [1.0 / len(steps)] * len(steps)
-
-
 class OnlinePruner:
     """Runs one generation with checkpoints; see the module docstring."""
 
-    def __init__(
-        self, model: PreTrainedModel, fmt: ChatFormat, config: OnlineConfig, eos_ids: Sequence[int]
-    ) -> None:
-        self.model, self.fmt, self.config = model, fmt, config
-        self.eos_ids = list(eos_ids)
-        self.probe = fmt.encode(f"\n\n{config.probe}\n") + fmt.answer_cue_ids()
+    def __init__(self, session: Session, config: OnlineConfig) -> None:
+        self.session, self.config = session, config
+        self.model, self.fmt = session.model, session.format
+        self.eos_ids = list(session.eos_ids)
 
     def _checkpoint(
         self, state: KVState, all_ids: list[int], reasoning_start: int, result: OnlineResult
@@ -148,18 +97,14 @@ class OnlinePruner:
         gone = result.evicted_positions
         steps = [
             s
-            for s in segment_paragraphs(
-                self.fmt.tokenizer,
-                all_ids,
-                reasoning_start,
-                len(all_ids),
-                self.config.min_step_chars,
+            for s in self.session.segmenter(
+                self.fmt.tokenizer, all_ids, reasoning_start, len(all_ids)
             )
             if s.end <= horizon and not any(p in gone for p in range(s.start, s.end))
         ]
         if len(steps) < 2:
             return state
-        scores = _probe_scores(self.model, state, self.probe, steps)
+        scores = self.session.scorer.score_cache(self.model, self.fmt, state, steps)
         evict = self._choose(scores, steps, state.length)
         if not evict:
             return state
@@ -173,7 +118,7 @@ class OnlinePruner:
                 "steps": [{"start": s.start, "end": s.end, "text": s.text} for s in evict],
             }
         )
-        return state.gather(keep, "original", self.model)
+        return state.gather(keep)
 
     def _choose(self, scores: list[float], steps: list[Step], cache_len: int) -> list[Step]:
         if self.config.budget is None:
@@ -201,7 +146,6 @@ class OnlinePruner:
         ``forced_reasoning``: the output tokens up to the end of reasoning (``</think>``
         excluded); checkpoints then fall at its paragraph ends or every ``interval`` tokens.
         """
-        torch.manual_seed(seed)
         state, logits = prefill(self.model, prompt_ids)
         result = OnlineResult([], 0, 0, state.length, 0)
         all_ids = list(prompt_ids)
@@ -214,14 +158,16 @@ class OnlinePruner:
             gone = result.evicted_positions
             cached = [all_ids[p] for p in range(reasoning_start, len(all_ids)) if p not in gone]
             cue = cue_after(self.fmt, cached)
-            answer = decode_greedy(
-                self.model, state, cue, answer_max_tokens, self.eos_ids, self.fmt
-            )
-            result.answer_ids, result.answer_truncated = answer.ids, answer.truncated
+            rule = StopRule(self.fmt.tokenizer, self.eos_ids, self.fmt.answer_cue_text())
+            answer = decode_greedy(self.model, state, cue, answer_max_tokens, rule)
+            result.answer = answer
             result.cue_tokens = len(cue)
             result.output_ids = all_ids[len(prompt_ids) :] + cue + answer.ids
         else:
-            state = self._generate(state, logits, all_ids, sampling, reasoning_start, result)
+            sampler = RowSampler(seed, sampling)
+            state = self._generate(
+                state, logits, all_ids, sampler, sampling, reasoning_start, result
+            )
             result.output_ids = all_ids[len(prompt_ids) :]
         result.final_cache_tokens = state.length
         result.peak_cache_tokens = max(result.peak_cache_tokens, state.length)
@@ -253,15 +199,15 @@ class OnlinePruner:
         state: KVState,
         logits: torch.Tensor,
         all_ids: list[int],
+        sample: RowSampler,
         sampling: SamplingConfig,
         reasoning_start: int,
         result: OnlineResult,
     ) -> KVState:
-        sample = Sampler(sampling)
         in_reasoning, since_check = True, 0
         block_ends = BlockBreakWatcher()
         for _ in range(sampling.max_new_tokens):
-            token = sample(all_ids, logits)
+            token = sample(logits)
             all_ids.append(token)
             if token in self.eos_ids:
                 break
@@ -287,3 +233,88 @@ class OnlinePruner:
             result.reasoning_end = len(all_ids) - (1 if all_ids[-1] in self.eos_ids else 0)
             result.cache_tokens = state.length
         return state
+
+
+@MODES.register("online")
+@dataclass
+class OnlineMode(Mode):
+    """Think Clearly: evict low-scoring steps from the cache while the trace is generated.
+
+    A pruning's threshold goes to the session's policy at every checkpoint, so pruning
+    compounds over a trace; records report the fraction actually kept. With ``budget`` the
+    threshold is unused and one generation serves every pruning.
+    """
+
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seed: int = 0
+    answer_max_tokens: int = 512
+    budget: int | None = None
+    interval: int = 0
+    recent: int = 32
+    name = "online"
+    decides_online = True
+
+    def __post_init__(self) -> None:
+        if self.interval < 0:
+            raise ValueError(f"--interval must be >= 0, got {self.interval}")
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"--budget must be >= 1, got {self.budget}")
+
+    def check(self, scorer: object) -> None:
+        cached = getattr(scorer, "score_cache", None)
+        problem = getattr(scorer, "online_problem", lambda: None)()
+        if cached is None or problem:
+            spec = getattr(scorer, "spec", scorer)
+            raise ValueError(
+                f"--mode online scores the cached steps at each checkpoint; scorer {spec!r} "
+                f"cannot{f' ({problem})' if problem else ''}: use attention:query=probe, "
+                "length, position, random or uniform"
+            )
+
+    def evaluate(self, session, problem: Problem, trace: Trace, prunings: Sequence[Pruning]):
+        from stepprune.session import sample_seed  # the session module imports the modes
+
+        runs: dict[float | None, tuple] = {}
+        outcomes = []
+        for p in prunings:
+            key = None if self.budget is not None else p.threshold
+            if key not in runs:
+                config = OnlineConfig(
+                    session.policy, p.threshold, self.budget, self.interval, self.recent
+                )
+                seed = sample_seed(self.seed, problem.id, trace.sample)
+                runs[key] = self._run(OnlinePruner(session, config), session, problem, trace, seed)
+            steps, keep, answer, context_tokens, details = runs[key]
+            outcomes.append(Outcome(p, steps, keep, answer, context_tokens, details))
+        return outcomes
+
+    def _run(self, pruner: OnlinePruner, session, problem: Problem, trace: Trace, seed: int):
+        """One online generation (teacher-forced for traces that carry their reasoning)."""
+        prompt = trace.prompt_ids
+        if trace.teacher_forced:
+            forced = trace.all_ids[len(prompt) : trace.reasoning_end]
+            result = pruner.run(prompt, self.sampling, seed, forced, self.answer_max_tokens)
+            steps, answer = trace.steps, result.answer
+        else:
+            result = pruner.run(prompt, self.sampling, seed)
+            online = session.finish_trace(
+                problem, trace.sample, prompt, result.output_ids, score=False
+            )
+            steps = online.steps
+            ids = online.all_ids[online.reasoning_end + 1 :] if online.finished_reasoning else []
+            answer = Continuation(ids, EOS if online.hit_eos else LENGTH)
+        gone = result.evicted_positions
+        keep = [not any(p in gone for p in range(s.start, s.end)) for s in steps]
+        details = {
+            "positions": "original",
+            "cache_tokens": result.cache_tokens,
+            "full_cache_tokens": result.reasoning_end,
+            "online": {
+                "tokens_generated": len(result.output_ids),
+                "peak_cache_tokens": result.peak_cache_tokens,
+                "final_cache_tokens": result.final_cache_tokens,
+                "checkpoints": result.checkpoints,
+                "evictions": result.evictions,
+            },
+        }
+        return steps, keep, answer, result.cache_tokens + result.cue_tokens, details

@@ -5,28 +5,36 @@ divided by re-prompting with the kept text (``text``); the peak cache of online 
 budget divided by the peak without eviction; decode speed with a pruned and a full cache; and
 the largest logit differences of the two exactness checks (evict nothing vs the unpruned
 continuation, evict a set vs an explicit mask that hides it).
+
+Both re-evaluations decode exactly ``answer_tokens`` per threshold (no end-of-sequence token, no
+stop at a complete box), so they do the same work and the ratio compares the two ways of
+building the context only.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from stepprune.bench_scoring import benchmark_trace
-from stepprune.generation import SamplingConfig
+from stepprune.bench.common import seconds, synthetic_trace
+from stepprune.context import closing_ids, text_context
+from stepprune.decoding import Continuation, SamplingConfig, StopRule
+from stepprune.engines import HFEngine
 from stepprune.kvcache import FULL, SLIDING, KVState, prefill
-from stepprune.models import ChatFormat
-from stepprune.online import OnlineConfig, OnlinePruner
-from stepprune.pruning import POLICIES
-from stepprune.reeval import generate_answers, text_context
-from stepprune.reeval_kv import kept_entries, kv_answers
+from stepprune.modes.kv import decode_greedy, kept_entries
+from stepprune.modes.online import OnlineConfig, OnlinePruner
+from stepprune.schema import Trace
+from stepprune.session import Session
 
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 EXACTNESS_TOKENS = 2048
+# Online pruning scores cached steps with the probe's attention at each checkpoint.
+ONLINE_SCORER = "attention:query=probe"
+ONLINE_INTERVAL, ONLINE_RECENT = 256, 64
 
 
 @dataclass
@@ -51,19 +59,15 @@ class KVBench:
         return asdict(self)
 
 
-def _seconds(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
-
-
 def _decode_tps(model: PreTrainedModel, state: KVState, tokens: int) -> float:
     """Greedy decode speed from ``state`` (tokens per second, prefill excluded)."""
-    logits = state.forward(model, [1])[-1]
-    start = time.perf_counter()
-    for _ in range(tokens):
-        logits = state.forward(model, [int(torch.argmax(logits))])[-1]
-    return tokens / (time.perf_counter() - start)
+    logits = [state.forward(model, [1])[-1]]
+
+    def decode() -> None:
+        for _ in range(tokens):
+            logits[0] = state.forward(model, [int(torch.argmax(logits[0]))])[-1]
+
+    return tokens / seconds(decode, model.device)
 
 
 def _mask_diffs(model: PreTrainedModel, ids: list[int], evict: list[int]) -> tuple[float, float]:
@@ -73,9 +77,9 @@ def _mask_diffs(model: PreTrainedModel, ids: list[int], evict: list[int]) -> tup
     prefix = ids[:-4]
     state, _ = prefill(model, prefix)
     keep = torch.ones(len(prefix), dtype=torch.bool)
-    noop = state.gather(keep, "original", model).forward(model, cue, len(cue))
+    noop = state.gather(keep).forward(model, cue, len(cue))
     keep[evict] = False
-    pruned = state.gather(keep, "original", model).forward(model, cue, len(cue))
+    pruned = state.gather(keep).forward(model, cue, len(cue))
     n = len(ids)
     causal = torch.ones(n, n, dtype=torch.bool).tril()
     diffs = []
@@ -102,6 +106,39 @@ def _mask_diffs(model: PreTrainedModel, ids: list[int], evict: list[int]) -> tup
     return diffs[0], diffs[1]
 
 
+def _kv_answers(
+    session: Session, trace: Trace, masks: Sequence[Sequence[bool]], answer_tokens: int
+) -> list[Continuation]:
+    """KV mode's re-evaluation (one prefill, then per mask: gather, cue, greedy decode) with a
+    stop rule that never stops, so every answer is ``answer_tokens`` long."""
+    never = StopRule(session.tokenizer, [], box_prefix=None)
+    full, _ = prefill(session.model, trace.all_ids[: trace.reasoning_end])
+    return [
+        decode_greedy(
+            session.model,
+            full.gather(kept_entries(trace, keep)),
+            closing_ids(session.format, trace, keep),
+            answer_tokens,
+            never,
+        )
+        for keep in masks
+    ]
+
+
+def _online_peak(session: Session, trace: Trace, budget: int | None) -> int:
+    """Peak full-attention cache while the trace's reasoning is teacher-forced online, with
+    eviction down to ``budget`` entries at every checkpoint (None: no eviction)."""
+    config = OnlineConfig(
+        session.policy, budget=budget, interval=ONLINE_INTERVAL, recent=ONLINE_RECENT
+    )
+    forced = trace.all_ids[len(trace.prompt_ids) : trace.reasoning_end]
+    sampling = SamplingConfig(max_new_tokens=1, temperature=0.0)
+    result = OnlinePruner(session, config).run(
+        trace.prompt_ids, sampling, 0, forced, answer_max_tokens=1
+    )
+    return result.peak_cache_tokens
+
+
 def run_kv_bench(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -109,49 +146,33 @@ def run_kv_bench(
     answer_tokens: int = 16,
     decode_tokens: int = 32,
 ) -> KVBench:
-    """Measure on a ``tokens``-long planted-text trace (see ``bench_scoring.benchmark_trace``)."""
+    """Measure on a ``tokens``-long planted-text trace (``bench.common.synthetic_trace``)."""
     if tokens < 128:
         raise ValueError(f"--tokens must be >= 128, got {tokens}")
-    fmt = ChatFormat.from_tokenizer(tokenizer)
-    trace = benchmark_trace(tokenizer, tokens)
+    session = Session(model, tokenizer, scorer=ONLINE_SCORER, policy="percentile")
+    device = model.device
+    trace = synthetic_trace(tokenizer, tokens)
     scores = np.random.default_rng(0).random(len(trace.steps))
-    policy = POLICIES.build("percentile")
-    masks = list(dict.fromkeys(tuple(policy.keep(scores, t)) for t in THRESHOLDS))
-    # No end-of-sequence: both modes decode exactly ``answer_tokens`` per threshold.
-    no_eos: list[int] = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    masks = list(dict.fromkeys(session.keep_masks(scores, THRESHOLDS)))
+    # No end-of-sequence: the text engine decodes exactly ``answer_tokens`` per threshold.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    text_engine = HFEngine(model, tokenizer, [], pad_id)
 
     def text_mode() -> object:
-        contexts = [text_context(fmt, trace, m) for m in masks]
-        return generate_answers(model, contexts, answer_tokens, pad, no_eos)
+        contexts = [text_context(session.format, trace, keep) for keep in masks]
+        return text_engine.greedy(contexts, answer_tokens, box_prefix=None)
 
-    def kv_mode() -> object:
-        return kv_answers(
-            model, fmt, trace, [list(m) for m in masks], "original", answer_tokens, no_eos
-        )
-
-    seconds_text, _ = _seconds(text_mode)
-    seconds_kv, _ = _seconds(kv_mode)
+    seconds_text = seconds(text_mode, device)
+    seconds_kv = seconds(lambda: _kv_answers(session, trace, masks, answer_tokens), device)
 
     full, _ = prefill(model, trace.all_ids)
-    half = policy.keep(scores, 0.5)
-    entries = kept_entries(trace, half)
-    pruned = full.gather(entries[: full.length], "original", model)
+    (half,) = session.keep_masks(scores, [0.5])
+    pruned = full.gather(kept_entries(trace, half))
     tps_pruned = _decode_tps(model, pruned, decode_tokens)
     tps_full = _decode_tps(model, full, decode_tokens)
 
-    forced = trace.all_ids[len(trace.prompt_ids) : trace.reasoning_end]
-    sampling = SamplingConfig(max_new_tokens=1, temperature=0.0)
-
-    def online_peak(budget: int | None) -> int:
-        config = OnlineConfig(policy=policy, budget=budget, interval=256, recent=64)
-        pruner = OnlinePruner(model, fmt, config, no_eos)
-        return pruner.run(
-            trace.prompt_ids, sampling, 0, forced, answer_max_tokens=1
-        ).peak_cache_tokens
-
-    peak_full = online_peak(None)
-    peak_half = online_peak(tokens // 2)
+    peak_full = _online_peak(session, trace, None)
+    peak_half = _online_peak(session, trace, tokens // 2)
 
     # The masked reference materialises an N x N mask: check exactness on the first 2048 tokens.
     exact_len = min(tokens, EXACTNESS_TOKENS)
@@ -170,5 +191,5 @@ def run_kv_bench(
         online_peak_cache_tokens=peak_half,
         full_cache_tokens=peak_full,
         exactness_tokens=exact_len,
-        device=str(model.device),
+        device=str(device),
     )

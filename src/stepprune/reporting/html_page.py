@@ -1,13 +1,13 @@
-"""Viewing one trace: steps shaded by importance, pruned steps struck through.
+"""The HTML page of one trace: steps shaded by importance, a view per record.
 
-    run folder -> show_problem() -> render_terminal() (rich)
-                                 -> render_html()     (one self-contained HTML page)
+    Trace + its Records -> render_html() -> one self-contained HTML page
 
 Shading is the step's importance divided by the trace's largest importance, so the step the
 scorer ranks first is always the darkest and traces of different lengths look alike (raw
-importances sum to 1 and shrink as steps multiply).
+importances sum to 1 and shrink as steps multiply). The terminal view (``reporting.show``)
+uses the same shading and the same order of views.
 
-The HTML page has no JavaScript and loads nothing: the threshold selector is a row of radio
+The page has no JavaScript and loads nothing: the threshold selector is a row of radio
 buttons, and CSS sibling selectors (``#vK:checked ~ .trace .xK``) strike the steps pruned in the
 selected view. Every view's answer is also listed in a table that needs no CSS at all.
 """
@@ -15,30 +15,18 @@ selected view. Every view's answer is also listed in a table that needs no CSS a
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.style import Style
-from rich.table import Table
-from rich.text import Text
-
-from stepprune.report import format_threshold
-from stepprune.runs import Run, is_control, load_run
+from stepprune.runfolder import is_control, threshold_key
 from stepprune.schema import Record, Trace
 
 # Shading runs from white (importance 0) to this orange (the trace's most important step): light
 # enough at the top that black text stays readable on it.
 TOP_RGB = (253, 141, 60)
 NO_SCORE_RGB = (225, 225, 225)
-# Hues of report.plot_importance's label colours, darkened to be readable as text.
+# Hues of plots.LABEL_COLOURS, darkened to be readable as text.
 LABEL_COLOURS = {"necessary": "#1f5f9f", "planted": "#b35900"}
-
-
-class ShowError(ValueError):
-    """The requested problem, sample or threshold is not in the run (one-line message)."""
 
 
 def importance_levels(trace: Trace) -> list[float | None]:
@@ -63,52 +51,34 @@ def _rgb(colour: tuple[int, int, int]) -> str:
     return "rgb({}, {}, {})".format(*colour)
 
 
-# -- terminal --------------------------------------------------------------------------------
+# -- views: the records of a trace, in the order both views list them ----------------------------
 
 
-def render_terminal(trace: Trace, kept_steps: set[int] | None, console: Console) -> None:
-    """Print the reasoning, one step per paragraph, shaded by importance.
-
-    Steps not in ``kept_steps`` are struck through and marked ``-`` (kept ones ``+``), so the cut
-    is visible on terminals without colour or strike-through too. ``kept_steps=None`` shows the
-    shading alone, with nothing marked pruned.
-    """
-    levels = importance_levels(trace)
-    if not trace.steps:
-        console.print("(this trace has no reasoning steps)")
-    for step, level in zip(trace.steps, levels, strict=True):
-        pruned = kept_steps is not None and step.index not in kept_steps
-        marker = " " if kept_steps is None else ("-" if pruned else "+")
-        score = "  n/a" if step.importance is None else f"{step.importance:.3f}"
-        label = f" {step.label}" if step.label else ""
-        line = Text(f"{marker} [{step.index:>3}] {score}{label} ", style="dim" if pruned else "")
-        r, g, b = shade(level)
-        # Black text on the light shade: readable whatever the terminal's own colours are.
-        style = Style(color="black", bgcolor=f"rgb({r},{g},{b})", strike=pruned)
-        line.append(step.text, style=style)
-        console.print(line, soft_wrap=False)
-        console.print()
+def order_records(trace: Trace, records: Sequence[Record]) -> list[Record]:
+    """The trace's own scorer first (its kept steps match the shading), controls last."""
+    own = [r for r in records if r.problem_id == trace.problem_id and r.sample == trace.sample]
+    return sorted(
+        own,
+        key=lambda r: (is_control(r.scorer), r.scorer != trace.scorer, r.scorer, r.mode,
+                       r.threshold),
+    )  # fmt: skip
 
 
-def _answers_table(trace: Trace, records: Sequence[Record], selected: Record | None) -> Table:
-    table = Table(title=f"Answers of {trace.problem_id} (sample {trace.sample})")
-    for name in ("Scorer", "Threshold", "Steps kept", "Tokens kept", "Prediction", "Gold", "OK"):
-        table.add_column(name, justify="left" if name in ("Scorer", "Prediction") else "right")
-    for record in records:
-        table.add_row(
-            record.scorer,
-            format_threshold(record.threshold),
-            f"{record.steps_kept}/{record.num_steps}",
-            f"{record.tokens_kept}/{record.reasoning_tokens}",
-            str(record.prediction),
-            record.gold,
-            "yes" if record.correct else "no",
-            style="bold" if record is selected else None,
-        )
-    return table
+def default_view(records: Sequence[Record], threshold: float | None) -> int:
+    """Index of the initially selected view: ``threshold`` of the first scorer, else its
+    largest threshold (the most pruning, so the cut is visible at once)."""
+    if not records:
+        return -1
+    first = [i for i, r in enumerate(records) if r.scorer == records[0].scorer]
+    if threshold is not None:
+        key = threshold_key(threshold)
+        for i in first:
+            if threshold_key(records[i].threshold) == key:
+                return i
+    return max(first, key=lambda i: records[i].threshold)
 
 
-# -- HTML ------------------------------------------------------------------------------------
+# -- the page ------------------------------------------------------------------------------------
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #111;
@@ -157,31 +127,7 @@ def _badge(label: str) -> str:
 
 
 def _view_name(record: Record) -> str:
-    return f"{record.scorer} ({record.mode}) t={format_threshold(record.threshold)}"
-
-
-def _order_records(trace: Trace, records: Sequence[Record]) -> list[Record]:
-    """The trace's own scorer first (its kept steps match the shading), controls last."""
-    own = [r for r in records if r.problem_id == trace.problem_id and r.sample == trace.sample]
-    return sorted(
-        own,
-        key=lambda r: (is_control(r.scorer), r.scorer != trace.scorer, r.scorer, r.mode,
-                       r.threshold),
-    )  # fmt: skip
-
-
-def _default_view(records: Sequence[Record], threshold: float | None) -> int:
-    """Index of the initially selected view: ``threshold`` of the first scorer, else its
-    largest threshold (the most pruning, so the cut is visible at once)."""
-    if not records:
-        return -1
-    first = [i for i, r in enumerate(records) if r.scorer == records[0].scorer]
-    if threshold is not None:
-        key = format_threshold(threshold)
-        for i in first:
-            if format_threshold(records[i].threshold) == key:
-                return i
-    return max(first, key=lambda i: records[i].threshold)
+    return f"{record.scorer} ({record.mode}) t={threshold_key(record.threshold)}"
 
 
 def _verdict(correct: bool | None) -> str:
@@ -211,8 +157,8 @@ def render_html(
 
     All text from the run (steps, answers, problem, ids) is HTML-escaped.
     """
-    records = _order_records(trace, records_for_trace)
-    selected = _default_view(records, threshold)
+    records = order_records(trace, records_for_trace)
+    selected = default_view(records, threshold)
     levels = importance_levels(trace)
     top = max((s.importance for s in trace.steps if s.importance is not None), default=None)
     heading = title or f"{trace.problem_id} (sample {trace.sample})"
@@ -274,7 +220,7 @@ def render_html(
                     f'<div class="view-group">{_esc(record.scorer)} ({_esc(record.mode)}):</div>'
                 )
             checked = " checked" if k == selected else ""
-            name = f"t={format_threshold(record.threshold)}"
+            name = f"t={threshold_key(record.threshold)}"
             out.append(f'<input type="radio" name="view" id="v{k}"{checked}>'
                        f'<label for="v{k}">{name}</label>')  # fmt: skip
     else:
@@ -299,7 +245,7 @@ def render_html(
         for k, record in enumerate(records):
             out.append(
                 f'<div class="answer a{k}"><div>{_esc(_view_name(record))}: kept '
-                f"{record.steps_kept}/{record.num_steps} steps, {record.tokens_kept}/"
+                f"{record.num_kept_steps}/{record.num_steps} steps, {record.tokens_kept}/"
                 f"{record.reasoning_tokens} reasoning tokens · prediction "
                 f"<code>{_esc(record.prediction)}</code>, gold <code>{_esc(record.gold)}</code> "
                 f"· {_verdict(record.correct)}"
@@ -316,8 +262,8 @@ def render_html(
         for k, record in enumerate(records):
             out.append(
                 f'<tr class="r{k}"><td class="text">{_esc(record.scorer)}</td>'
-                f"<td>{_esc(record.mode)}</td><td>{format_threshold(record.threshold)}</td>"
-                f"<td>{record.steps_kept}/{record.num_steps}</td>"
+                f"<td>{_esc(record.mode)}</td><td>{threshold_key(record.threshold)}</td>"
+                f"<td>{record.num_kept_steps}/{record.num_steps}</td>"
                 f"<td>{record.tokens_kept}/{record.reasoning_tokens}</td>"
                 f"<td>{_esc(record.prediction)}</td><td>{_esc(record.gold)}</td>"
                 f"<td>{_verdict(record.correct)}</td></tr>"
@@ -336,143 +282,3 @@ def render_html(
         "",
     ]
     return "\n".join(out)
-
-
-# -- one problem of a run --------------------------------------------------------------------
-
-
-def problem_text(run: Run, trace: Trace) -> str | None:
-    """The statement of ``trace``'s problem, when it can be read locally (never the network).
-
-    Traces keep token ids, not the statement, so it is looked up in the run's dataset: the
-    planted set is regenerated, a JSONL path or a built-in set's local copy (``data_dir`` or
-    ``$STEPPRUNE_DATA_DIR``) is read. The dataset may have changed since the run (a new planted
-    generator, an edited file), and a wrong statement is worse than none, so the problem found
-    must agree with the run: same gold answer as the trace's records and, for a teacher-forced
-    problem, the trace's first step inside its reasoning. Anything else gives None: the
-    statement is a convenience and must never stop the view.
-    """
-    # Imported here: problems pulls in the planted generator, needed only for this lookup.
-    from stepprune.problems import BUILTIN_DATASETS, DATA_DIR_ENV, load_jsonl, load_problems
-
-    settings = run.settings
-    dataset = str(settings.get("dataset", ""))
-    try:
-        if dataset in BUILTIN_DATASETS:
-            data_dir = settings.get("data_dir") or os.environ.get(DATA_DIR_ENV)
-            local = Path(data_dir) / BUILTIN_DATASETS[dataset].filename if data_dir else None
-            if local is None or not local.is_file():
-                return None  # would need the hub
-            problems = load_jsonl(local)
-        else:
-            problems = load_problems(dataset, None, settings.get("limit"), settings.get("seed", 0))
-    except Exception:  # any loader failure only means "statement unknown"
-        return None
-    problem = next((p for p in problems if p.id == trace.problem_id), None)
-    if problem is None:
-        return None
-    golds = {r.gold for r in run.records if r.problem_id == trace.problem_id}
-    if golds and problem.answer not in golds:
-        return None
-    mismatch = (
-        problem.reasoning is not None
-        and bool(trace.steps)
-        and trace.steps[0].text.strip() not in problem.reasoning
-    )
-    return None if mismatch else problem.problem
-
-
-def _examples(values: Sequence[Any], limit: int = 5) -> str:
-    shown = ", ".join(str(v) for v in values[:limit])
-    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
-
-
-def find_trace(run: Run, problem_id: str, sample: int = 0) -> Trace:
-    """The trace of ``problem_id`` / ``sample``.
-
-    Raises:
-        ShowError: unknown problem (a few valid ids are listed) or sample.
-    """
-    trace = run.trace(problem_id, sample)
-    if trace is not None:
-        return trace
-    ids = list(dict.fromkeys(t.problem_id for t in run.traces))
-    if problem_id not in ids:
-        hint = f"valid ids: {_examples(ids)}" if ids else "the run has no traces yet"
-        raise ShowError(f"problem {problem_id!r} is not in {run.path}; {hint}")
-    samples = sorted(t.sample for t in run.traces if t.problem_id == problem_id)
-    raise ShowError(
-        f"problem {problem_id!r} has no sample {sample} in {run.path}; "
-        f"samples: {_examples(samples)}"
-    )
-
-
-def show_problem(
-    run_dir: Path | str,
-    problem_id: str,
-    sample: int = 0,
-    threshold: float | None = None,
-    html_path: Path | str | None = None,
-    console: Console | None = None,
-) -> Path | None:
-    """Print one trace to the terminal and, with ``html_path``, write its HTML page.
-
-    Args:
-        run_dir: A run folder written by ``stepprune run``.
-        problem_id: The problem to show.
-        sample: Which sample of the problem.
-        threshold: The pruning threshold whose pruned steps are struck through (and the view
-            the HTML page opens on); default: the largest threshold the trace was evaluated at.
-        html_path: Where to write the page (parent folders are created); None writes none.
-        console: Where to print; default stdout.
-
-    Returns:
-        The HTML path written, or None.
-
-    Raises:
-        RunFolderError: ``run_dir`` is not a run folder.
-        ShowError: unknown problem id, sample, or threshold (the message lists valid ones).
-    """
-    console = console or Console()
-    run = load_run(run_dir)
-    trace = find_trace(run, problem_id, sample)
-    records = _order_records(trace, run.records)
-    own = [r for r in records if r.scorer == records[0].scorer] if records else []
-    if threshold is not None:
-        key = format_threshold(threshold)
-        if not any(format_threshold(r.threshold) == key for r in own):
-            known = sorted({r.threshold for r in own})
-            raise ShowError(
-                f"{problem_id} sample {sample} has no answer at threshold {key}; "
-                f"thresholds: {_examples([format_threshold(t) for t in known]) or 'none yet'}"
-            )
-    view = _default_view(records, threshold)
-    selected = records[view] if view >= 0 else None
-
-    text = problem_text(run, trace)
-    console.print(f"[bold]{problem_id}[/bold] (sample {sample}) from {run.path}", highlight=False)
-    if text:
-        console.print(Text(text), style="italic")
-    if selected is not None:
-        console.print(
-            f"scorer {selected.scorer}, threshold {format_threshold(selected.threshold)}: "
-            f"kept {selected.steps_kept} of {selected.num_steps} steps ('+' kept, '-' pruned); "
-            "shading = importance / the trace's largest",
-            highlight=False,
-        )
-    console.print()
-    render_terminal(trace, set(selected.kept_steps) if selected else None, console)
-    if records:
-        console.print(_answers_table(trace, records, selected))
-    verdict = {None: "not graded", True: "correct", False: "wrong"}[trace.original_correct]
-    console.print(
-        f"original answer (before pruning): {trace.original_prediction!s} ({verdict})",
-        highlight=False,
-    )
-    if html_path is None:
-        return None
-    path = Path(html_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(trace, records, text, threshold=threshold), encoding="utf-8")
-    console.print(f"HTML written to {path}", highlight=False)
-    return path

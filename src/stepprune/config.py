@@ -1,0 +1,97 @@
+"""The settings of one run (``RunConfig``), written to ``config.json``, and what of them must
+match for a run to resume in an existing folder (``RunConfig.identity``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stepprune.decoding import SamplingConfig
+from stepprune.problems import dataset_name
+from stepprune.steps import DEFAULT_MIN_STEP_CHARS
+
+DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+MODE_NAMES = ("text", "kv", "online")
+# The scorer when none is given: the notebook's, except online, which can only score the
+# cached steps with a probe (Think Clearly).
+DEFAULT_SCORER = {"text": "attention", "kv": "attention", "online": "attention:query=probe"}
+
+
+@dataclass
+class RunConfig:
+    """Every setting of a run; written to ``config.json``. Validated on construction."""
+
+    model: str = "bundled"
+    dataset: str = "planted"
+    data_dir: str | None = None
+    limit: int | None = None
+    samples: int = 1
+    thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+    max_new_tokens: int = 32768
+    temperature: float = 0.6
+    top_p: float = 0.95
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    load_in_4bit: bool = False
+    scorer: str | None = None
+    policy: str = "percentile"
+    mode: str = "text"
+    engine: str = "hf"
+    answer_max_tokens: int = 512
+    min_step_chars: int = DEFAULT_MIN_STEP_CHARS
+    segmenter: str = "paragraph"
+    positions: str = "original"
+    interval: int = 0
+    budget: int | None = None
+    control: bool = True
+    grade_timeout: float = 10.0
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"--samples must be >= 1, got {self.samples}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        if self.answer_max_tokens < 1:
+            raise ValueError(f"--answer-max-tokens must be >= 1, got {self.answer_max_tokens}")
+        if self.grade_timeout <= 0:
+            raise ValueError(f"grade timeout must be > 0 s, got {self.grade_timeout}")
+        if not self.thresholds:
+            raise ValueError("--thresholds: give at least one threshold")
+        for t in self.thresholds:
+            if not 0.0 <= t < 1.0:
+                raise ValueError(f"--thresholds: {t} is outside [0, 1)")
+        if self.mode not in MODE_NAMES:
+            raise ValueError(f"--mode {self.mode!r}: choose from {', '.join(MODE_NAMES)}")
+        if self.mode != "kv" and self.positions != "original":
+            raise ValueError(f"--positions applies to --mode kv only, not --mode {self.mode}")
+        if self.mode != "online" and (self.budget is not None or self.interval):
+            raise ValueError("--budget and --interval apply to --mode online only")
+        self.sampling()  # validates max_new_tokens, temperature, top_p
+        self.scorer = self.scorer or DEFAULT_SCORER[self.mode]
+        # Sorted, without duplicates, rounded like threshold keys (0.1 * 3 is 0.3).
+        self.thresholds = sorted({round(float(t), 6) for t in self.thresholds})
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.max_new_tokens, self.temperature, self.top_p)
+
+    def output_dir(self) -> Path:
+        """``--out``, or ``runs/<dataset>-<model>`` named from the config."""
+        if self.out:
+            return Path(self.out)
+        model = Path(self.model.rstrip("/")).name.removesuffix(".gguf")
+        return Path("runs") / f"{dataset_name(self.dataset)}-{model}"
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that must match to resume in an existing run folder.
+
+        Not the scorer, thresholds, samples or limit: traces are reused across those. The
+        dataset by name, not by the spelling of its path; its content is checked per problem
+        against the traces and records in the folder (``experiment``).
+        """
+        keys = ["model", "max_new_tokens", "temperature", "top_p", "seed"]
+        keys += ["policy", "mode", "answer_max_tokens", "min_step_chars", "segmenter"]
+        keys += ["load_in_4bit", "positions", "interval", "budget"]
+        return {"dataset": dataset_name(self.dataset), **{k: getattr(self, k) for k in keys}}

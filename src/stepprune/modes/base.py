@@ -1,0 +1,115 @@
+"""Re-evaluation modes: one family, one signature, one result type.
+
+    (trace, prunings) -> Mode.evaluate() -> Outcomes -> records
+
+A ``Pruning`` says which steps to drop (a scorer's keep mask at a threshold, or the random
+control's). Text and kv modes answer from each given keep mask; online mode decides what to drop
+while it generates, from the session's scorer and policy at the pruning's threshold, so its
+prunings carry no mask (``Mode.decides_online``). Every mode returns one ``Outcome`` per
+pruning, in order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from stepprune.decoding import Continuation
+from stepprune.registry import Registry
+from stepprune.schema import Problem, Record, Step, Trace
+
+if TYPE_CHECKING:
+    from stepprune.session import Session
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """Drop what ``keep`` rejects (None: the mode decides online), labelled by scorer spec and
+    threshold for the record."""
+
+    scorer: str
+    threshold: float
+    keep: tuple[bool, ...] | None = None
+
+
+@dataclass
+class Outcome:
+    """A re-evaluated answer before grading: the steps it came from and which were kept.
+
+    ``details`` holds the mode's own record fields (kv: ``positions``, ``cache_tokens``,
+    ``full_cache_tokens``; online: those and ``online``).
+    """
+
+    pruning: Pruning
+    steps: list[Step]
+    keep: list[bool]
+    answer: Continuation
+    context_tokens: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Mode(ABC):
+    """How the model answers again after pruning."""
+
+    name: str
+    #: True when the mode prunes during generation: no keep masks, no random control.
+    decides_online: bool = False
+
+    @property
+    def spec(self) -> str:
+        return self.name
+
+    def check(self, scorer: object) -> None:
+        """Raise ValueError when this mode cannot run with ``scorer`` (before any loading).
+        Text and kv modes run with every scorer."""
+        return None
+
+    @abstractmethod
+    def evaluate(
+        self, session: Session, problem: Problem, trace: Trace, prunings: Sequence[Pruning]
+    ) -> list[Outcome]:
+        """One outcome per pruning, in order."""
+
+
+MODES: Registry[Mode] = Registry("mode")
+
+
+def unique_masks(prunings: Sequence[Pruning]) -> list[tuple[bool, ...]]:
+    """The distinct keep masks, in first-seen order: greedy answers depend on the kept set
+    only, so prunings that keep the same steps share one answer."""
+    return list(dict.fromkeys(p.keep for p in prunings if p.keep is not None))
+
+
+def to_record(
+    session: Session, mode: Mode, problem: Problem, trace: Trace, outcome: Outcome
+) -> Record:
+    """Grade an outcome and describe it as a record."""
+    kept = [s for s, k in zip(outcome.steps, outcome.keep, strict=True) if k]
+    text = session.answer_text(outcome.answer.content_ids)
+    grade = session.grade(problem, text)
+    return Record(
+        problem_id=trace.problem_id,
+        sample=trace.sample,
+        threshold=outcome.pruning.threshold,
+        mode=mode.name,
+        scorer=outcome.pruning.scorer,
+        policy=session.policy.spec,
+        kept_steps=[s.index for s in kept],
+        num_steps=len(outcome.steps),
+        num_kept_steps=len(kept),
+        reasoning_tokens=sum(s.num_tokens for s in outcome.steps),
+        tokens_kept=sum(s.num_tokens for s in kept),
+        reasoning_chars=sum(len(s.text) for s in outcome.steps),
+        chars_kept=sum(len(s.text) for s in kept),
+        context_tokens=outcome.context_tokens,
+        answer_text=text,
+        answer_tokens=len(outcome.answer.content_ids),
+        answer_truncated=outcome.answer.truncated,
+        gold=problem.answer,
+        prediction=grade.prediction,
+        correct=grade.correct,
+        trace_truncated=trace.truncated,
+        **outcome.details,
+    )

@@ -1,0 +1,87 @@
+"""KV mode: answer from a pruned copy of the trace's own cache.
+
+The cache of prompt + full reasoning is computed once per trace. For each keep mask, the entries
+at the positions text mode would keep (``context.kept_positions``: prompt, kept steps and their
+separators) are gathered into a copy (``KVState.gather``), optionally re-rotated to contiguous
+positions (``kvcache.rerotate``, composed after the gather), the same end-of-reasoning cue as
+text mode is appended (``context.closing_ids``), and the answer is decoded greedily. Unlike text
+mode, the kept entries still carry what they computed while the pruned steps were visible, and
+no re-prefill is needed per threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from stepprune.context import closing_ids, kept_positions
+from stepprune.decoding import LENGTH, Continuation, StopRule
+from stepprune.kvcache import POSITION_SCHEMES, KVState, prefill
+from stepprune.modes.base import MODES, Mode, Outcome, Pruning, unique_masks
+from stepprune.schema import Problem, Trace
+
+
+@torch.inference_mode()
+def decode_greedy(
+    model: PreTrainedModel, state: KVState, cue: list[int], max_new_tokens: int, rule: StopRule
+) -> Continuation:
+    """Append ``cue`` to the cache and decode greedily until ``rule`` stops or the budget ends."""
+    logits = state.forward(model, cue)[-1]
+    ids: list[int] = []
+    for _ in range(max_new_tokens):
+        ids.append(int(torch.argmax(logits)))
+        stop = rule.stop(ids)
+        if stop is not None:
+            return Continuation(ids, stop)
+        logits = state.forward(model, [ids[-1]])[-1]
+    return Continuation(ids, LENGTH)
+
+
+def kept_entries(trace: Trace, keep: Sequence[bool]) -> torch.Tensor:
+    """``(reasoning_end,)`` bool over prompt + reasoning positions: True where text mode keeps
+    the token (``kept_positions``), False on pruned steps and the separators they leave."""
+    mask = torch.zeros(trace.reasoning_end, dtype=torch.bool)
+    mask[kept_positions(trace, keep)] = True
+    return mask
+
+
+@MODES.register("kv")
+@dataclass
+class KVMode(Mode):
+    """Answer from the gathered cache; ``positions`` is ``original`` (gaps) or ``rerotate``."""
+
+    answer_max_tokens: int = 512
+    positions: str = "original"
+    name = "kv"
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITION_SCHEMES:
+            raise ValueError(
+                f"--positions {self.positions!r}: choose from {', '.join(POSITION_SCHEMES)}"
+            )
+
+    def evaluate(self, session, problem: Problem, trace: Trace, prunings: Sequence[Pruning]):
+        model, fmt = session.model, session.format
+        rule = StopRule(session.tokenizer, session.eos_ids, fmt.answer_cue_text())
+        place = POSITION_SCHEMES[self.positions]
+        full, _ = prefill(model, trace.all_ids[: trace.reasoning_end])
+        by_mask = {}
+        for keep in unique_masks(prunings):
+            pruned = place(full.gather(kept_entries(trace, keep)), model)
+            cache_tokens = pruned.length
+            cue = closing_ids(fmt, trace, keep)
+            answer = decode_greedy(model, pruned, cue, self.answer_max_tokens, rule)
+            details = {
+                "positions": self.positions,
+                "cache_tokens": cache_tokens,
+                "full_cache_tokens": full.length,
+            }
+            by_mask[keep] = (answer, cache_tokens + len(cue), details)
+        outcomes = []
+        for p in prunings:
+            answer, context_tokens, details = by_mask[p.keep]
+            outcomes.append(Outcome(p, trace.steps, list(p.keep), answer, context_tokens, details))
+        return outcomes

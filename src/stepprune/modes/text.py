@@ -1,0 +1,36 @@
+"""Text mode: the model answers again from the prompt and the kept steps, re-prompted.
+
+The context of each keep mask is ``context.text_context``: the trace's own prompt ids, the kept
+steps with their separators, and the end-of-reasoning cue. Answers are greedy, through the
+session's engine, stopping at the first complete ``\\boxed{}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from stepprune.context import text_context
+from stepprune.modes.base import MODES, Mode, Outcome, Pruning, unique_masks
+from stepprune.schema import Problem, Trace
+
+
+@MODES.register("text")
+@dataclass
+class TextMode(Mode):
+    """Re-prompt with the kept steps; ``answer_max_tokens`` bounds each answer."""
+
+    answer_max_tokens: int = 512
+    name = "text"
+
+    def evaluate(self, session, problem: Problem, trace: Trace, prunings: Sequence[Pruning]):
+        masks = unique_masks(prunings)
+        contexts = [text_context(session.format, trace, mask) for mask in masks]
+        answers = session.engine.greedy(
+            contexts, self.answer_max_tokens, box_prefix=session.format.answer_cue_text()
+        )
+        by_mask = {
+            mask: (answer, len(context))
+            for mask, context, answer in zip(masks, contexts, answers, strict=True)
+        }
+        return [Outcome(p, trace.steps, list(p.keep), *by_mask[p.keep]) for p in prunings]

@@ -1,0 +1,10 @@
+"""Reporting, outside the core pipeline: it reads what a run wrote and renders it.
+
+    tables       results.md, report.md and terminal tables (rendering only)
+    plots        importance bars, accuracy vs kept tokens, tokens saved (matplotlib Figures)
+    report       `stepprune report`: report.md, report.json and plots over run folders
+    show         `stepprune show`: one trace in the terminal; html_page renders it as a page
+    run_outputs  summary.json, results.md and importance.png at the end of `stepprune run`
+
+The numbers come from ``stepprune.aggregate``; nothing here computes a statistic.
+"""

@@ -1,0 +1,125 @@
+"""`stepprune report`: tables with confidence intervals, JSON and plots over run folders.
+
+    run folders -> load_run() -> aggregate.build_report() -> report.json
+                                                           -> tables: report.md, terminal
+                                                           -> plots: accuracy_vs_kept.png,
+                                                              tokens_saved.png, importance/
+
+One row per (scorer, mode, threshold) of each run (see ``aggregate.Row``): pass@1 with a 95%
+bootstrap interval over problems, the paired difference against threshold 0.0, kept and saved
+tokens, and beside every scorer the random control at the same threshold with the paired
+difference scorer - random: the question is whether the scorer beats random.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from stepprune.aggregate import Bootstrap, build_report
+from stepprune.reporting.plots import (
+    accuracy_figure,
+    importance_figure,
+    save_figure,
+    tokens_saved_figure,
+)
+from stepprune.reporting.tables import print_report, report_markdown
+from stepprune.runfolder import Run, load_run
+from stepprune.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES
+
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
+ACCURACY_PNG = "accuracy_vs_kept.png"
+TOKENS_PNG = "tokens_saved.png"
+IMPORTANCE_DIR = "importance"
+DEFAULT_MAX_IMPORTANCE_PLOTS = 10
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label or problem id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def plot_importances(run: Run, label: str, folder: Path, limit: int) -> list[Path]:
+    """Write step-importance bars of the first ``limit`` traces of sample 0 (then of other
+    samples) to ``folder/<problem>_s<sample>.png``; returns the paths."""
+    traces = sorted(run.traces, key=lambda t: t.sample != 0)[:limit]
+    paths = []
+    for trace in traces:
+        title = f"{trace.problem_id} (sample {trace.sample}): {label}"
+        path = folder / f"{slug(trace.problem_id)}_s{trace.sample}.png"
+        paths.append(save_figure(importance_figure(trace, title), path))
+    return paths
+
+
+def default_report_dir(run_dirs: Sequence[Path]) -> Path:
+    """Where ``stepprune report`` writes without ``--out``: ``RUN_DIR/report`` for one run, the
+    first run's parent ``/report`` for several (``runs/a runs/b`` -> ``runs/report``)."""
+    first = Path(run_dirs[0])
+    return first / "report" if len(run_dirs) == 1 else first.parent / "report"
+
+
+def write_report(
+    run_dirs: Sequence[Path],
+    out_dir: Path,
+    console: Console | None = None,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+    max_importance_plots: int = DEFAULT_MAX_IMPORTANCE_PLOTS,
+) -> dict[str, Any]:
+    """Read run folders and write ``report.md``, ``report.json`` and the plots to ``out_dir``.
+
+    Args:
+        run_dirs: One or more run folders written by ``stepprune run``; several are compared
+            side by side (one table, one line per run and scorer in the plots).
+        out_dir: Created if needed; files in it are overwritten.
+        console: Where to print the tables and the list of files; None prints nothing.
+        n_resamples, seed, level: Bootstrap settings of every interval.
+        max_importance_plots: Step-importance plots per run (``importance/<run>/...png``).
+
+    Returns:
+        The report dict (the contents of ``report.json``) with ``files``: the paths written.
+
+    Raises:
+        RunFolderError: a folder is not a run folder (the message names the missing file).
+        ValueError: no run folders given.
+    """
+    if not run_dirs:
+        raise ValueError("give at least one run folder")
+    runs = [load_run(Path(d)) for d in run_dirs]
+    report = build_report(runs, Bootstrap(n_resamples, seed, level))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    files = [
+        save_figure(accuracy_figure(report), out_dir / ACCURACY_PNG),
+        save_figure(tokens_saved_figure(report), out_dir / TOKENS_PNG),
+    ]
+    for run, entry in zip(runs, report["runs"], strict=True):
+        folder = out_dir / IMPORTANCE_DIR / slug(entry["label"])
+        folder.mkdir(parents=True, exist_ok=True)
+        entry["importance_plots"] = [
+            str(p.relative_to(out_dir))
+            for p in plot_importances(run, entry["label"], folder, max_importance_plots)
+        ]
+    (out_dir / REPORT_MD).write_text(
+        report_markdown(report, plots=[ACCURACY_PNG, TOKENS_PNG]), encoding="utf-8"
+    )
+    files += [out_dir / REPORT_MD, out_dir / REPORT_JSON]
+    report["files"] = [str(f) for f in files]
+    (out_dir / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if console is not None:
+        print_report(report, console)
+        console.print(
+            f"report written to {out_dir}/: {', '.join(f.name for f in files)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return report

@@ -1,0 +1,100 @@
+"""What every `stepprune run` writes and prints at its end.
+
+Run (the folder's contents) -> aggregate.summary_json() -> summary.json
+                                                         -> tables: results.md, terminal
+                            -> plots: importance.png (the trace with the most steps)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+
+from stepprune.aggregate import summary_json
+from stepprune.reporting.plots import importance_figure, pick_trace_for_plot, save_figure
+from stepprune.reporting.tables import print_summary_table, results_markdown
+from stepprune.runfolder import (
+    IMPORTANCE_PLOT,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    Run,
+    threshold_key,
+    write_atomic,
+)
+from stepprune.schema import Trace
+
+MAX_LISTED = 8  # truncated traces named in the warning; the rest are counted
+
+
+def warn_truncated(traces: Sequence[Trace], max_new_tokens: Any, err: Console) -> None:
+    """Name the traces that hit the token budget before finishing their reasoning."""
+    truncated = [f"{t.problem_id}#{t.sample}" for t in traces if t.truncated]
+    if not truncated:
+        return
+    budget = f"--max-new-tokens {max_new_tokens}" if max_new_tokens else "the token budget"
+    err.print(
+        f"[yellow]warning:[/yellow] {len(truncated)} trace(s) stopped at {budget} before "
+        f"finishing their reasoning (truncated): {', '.join(truncated[:MAX_LISTED])}"
+        f"{' ...' if len(truncated) > MAX_LISTED else ''}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def write_run_outputs(
+    run: Run,
+    *,
+    scorer: str,
+    control: str | None,
+    policy: str,
+    mode: str,
+    thresholds: Sequence[float],
+    units: set[tuple[str, int]] | None,
+    out: Console,
+    err: Console,
+) -> dict[str, Any]:
+    """Write summary.json, results.md and importance.png into run.path for the records of
+    `scorer` (and `control`) at `thresholds` over `units` (problem_id, sample) (None = all);
+    print the results table to `out` (stdout) and warnings (truncated traces) to `err`;
+    return the summary dict.
+
+    The summary's ``model`` is the run's model setting and ``dataset`` its short name (a
+    built-in name, or a file's stem). Records of other scorers and thresholds in the folder
+    (an earlier run with other settings) are left out.
+    """
+    # Imported here: problems pulls in the planted generator, needed only for the name.
+    from stepprune.problems import dataset_name
+
+    def selected(problem_id: str, sample: int) -> bool:
+        return units is None or (problem_id, sample) in units
+
+    keys = {threshold_key(t) for t in thresholds}
+    traces = [t for t in run.traces if selected(t.problem_id, t.sample)]
+    records = [
+        r
+        for r in run.records
+        if selected(r.problem_id, r.sample)
+        and threshold_key(r.threshold) in keys
+        and r.scorer in (scorer, control)
+    ]
+    warn_truncated(traces, run.settings.get("max_new_tokens"), err)
+    summary = summary_json(
+        records,
+        traces,
+        model=run.model,
+        dataset=dataset_name(run.dataset),
+        scorer=scorer,
+        control=control,
+        policy=policy,
+        mode=mode,
+    )
+    write_atomic(run.path / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    write_atomic(run.path / RESULTS_FILE, results_markdown(summary))
+    trace = pick_trace_for_plot(traces)
+    if trace is not None:
+        save_figure(importance_figure(trace), run.path / IMPORTANCE_PLOT)
+    print_summary_table(summary, out)
+    return summary

@@ -1,0 +1,193 @@
+"""The session: everything the stages need, and the one trace pipeline.
+
+    Problem -> (generate | teacher-force) -> Trace -> segment -> score -> grade original answer
+
+A ``Session`` holds the loaded model, its chat format and end tokens, an engine, the
+segmenter, the scorer, the pruning policy and the grader. ``stepprune run``, ``bench scorers``
+and online mode all make traces through ``Session.traces`` / ``Session.finish_trace``, so a
+trace means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from stepprune.decoding import SamplingConfig
+from stepprune.engines import ENGINES, Engine
+from stepprune.grading import Grade, Grader
+from stepprune.models import ChatFormat, eos_token_ids, load_model
+from stepprune.policies import POLICIES, PruningPolicy
+from stepprune.schema import Problem, Step, Trace
+from stepprune.scorers import SCORERS, Scorer
+from stepprune.steps import DEFAULT_MIN_STEP_CHARS, SEGMENTERS, attach_labels, segment_steps
+from stepprune.traces import build_trace, teacher_forced_output
+
+
+def sample_seed(seed: int, problem_id: str, sample: int) -> int:
+    """Seed of one trace: independent of batch, order, number of samples and resume point."""
+    return zlib.crc32(f"{seed}:{problem_id}:{sample}".encode())
+
+
+@dataclass(frozen=True)
+class Segmenter:
+    """How reasoning is split into steps: ``kind`` (paragraph, line, sentence, markers) and the
+    minimum non-space characters of a step (shorter ones merge into the next)."""
+
+    kind: str = "paragraph"
+    min_chars: int = DEFAULT_MIN_STEP_CHARS
+
+    def __post_init__(self) -> None:
+        if self.kind not in SEGMENTERS:
+            raise ValueError(f"--segmenter {self.kind!r}: choose from {', '.join(SEGMENTERS)}")
+
+    def __call__(
+        self, tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], start: int, end: int
+    ) -> list[Step]:
+        return segment_steps(tokenizer, ids, start, end, self.min_chars, self.kind)
+
+
+class Session:
+    """A loaded model with the strategies of one experiment.
+
+    Args:
+        model, tokenizer: The causal LM and its tokenizer.
+        scorer, policy: Strategies (or spec strings, built from the registries).
+        segmenter: Step boundaries.
+        grader: An open ``Grader`` (the caller owns its worker process); None to skip grading.
+        engine: Name of the engine for plain decoding (``hf``).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        scorer: Scorer | str = "attention",
+        policy: PruningPolicy | str = "percentile",
+        segmenter: Segmenter | None = None,
+        grader: Grader | None = None,
+        engine: str = "hf",
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.format = ChatFormat.from_tokenizer(tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.scorer = SCORERS.build(scorer) if isinstance(scorer, str) else scorer
+        self.policy = POLICIES.build(policy) if isinstance(policy, str) else policy
+        self.segmenter = segmenter or Segmenter()
+        self.grader = grader
+        self._grades: dict[tuple[str, str], Grade] = {}  # outcomes that share an answer
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.engine: Engine = ENGINES.get(engine)(model, tokenizer, self.eos_ids, pad_id)
+
+    @classmethod
+    def load(
+        cls,
+        model: str = "bundled",
+        device: str = "auto",
+        dtype: str = "auto",
+        load_in_4bit: bool = False,
+        **strategies,
+    ) -> Session:
+        """Load ``model`` (hub id, folder, ``.gguf`` or ``bundled``) and build a session."""
+        loaded, tokenizer = load_model(model, device, dtype, load_in_4bit)
+        return cls(loaded, tokenizer, **strategies)
+
+    # -- the trace pipeline ------------------------------------------------------------------
+
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        return self.format.prompt_ids(problem.problem)
+
+    def traces(
+        self,
+        units: Sequence[tuple[Problem, int]],
+        sampling: SamplingConfig,
+        seed: int = 0,
+    ) -> list[Trace]:
+        """Traces of ``(problem, sample)`` units: generated in one engine call (batched across
+        problems and samples, each seeded by ``sample_seed``) or teacher-forced for problems
+        that carry their reasoning; then segmented, scored and graded."""
+        generated = [(p, s) for p, s in units if p.reasoning is None]
+        outputs = self.engine.sample(
+            [self.prompt_ids(p) for p, _ in generated],
+            [sample_seed(seed, p.id, s) for p, s in generated],
+            sampling,
+        )
+        by_unit = {(p.id, s): out.ids for (p, s), out in zip(generated, outputs, strict=True)}
+        traces = []
+        for problem, sample in units:
+            prompt = self.prompt_ids(problem)
+            if problem.reasoning is None:
+                trace = self.finish_trace(problem, sample, prompt, by_unit[(problem.id, sample)])
+            else:
+                forced, length = teacher_forced_output(
+                    self.format, problem, prompt, self.eos_ids[0]
+                )
+                trace = self.finish_trace(problem, sample, prompt, forced, length)
+            traces.append(trace)
+        return traces
+
+    def finish_trace(
+        self,
+        problem: Problem,
+        sample: int,
+        prompt_ids: list[int],
+        output_ids: list[int],
+        reasoning_length: int | None = None,
+        score: bool = True,
+    ) -> Trace:
+        """Locate reasoning and answer in ``output_ids``, segment, score and grade.
+
+        ``reasoning_length`` marks a teacher-forced trace (where its reasoning ends).
+        """
+        trace = build_trace(
+            self.format,
+            problem,
+            sample,
+            prompt_ids,
+            output_ids,
+            self.eos_ids,
+            teacher_forced=reasoning_length is not None,
+            reasoning_length=reasoning_length,
+        )
+        trace.steps = self.segment(trace)
+        attach_labels(trace.steps, problem.step_labels)
+        if score:
+            for step, importance in zip(trace.steps, self.score(trace, problem), strict=True):
+                step.importance = importance
+            trace.scorer = self.scorer.spec
+        if self.grader is not None:
+            grade = self.grader.grade(problem.answer, trace.original_answer)
+            trace.original_prediction, trace.original_correct = grade.prediction, grade.correct
+        return trace
+
+    def segment(self, trace: Trace) -> list[Step]:
+        return self.segmenter(
+            self.tokenizer, trace.all_ids, trace.reasoning_start, trace.reasoning_end
+        )
+
+    def score(self, trace: Trace, problem: Problem, scorer: Scorer | None = None) -> list[float]:
+        """Importances of the trace's steps under ``scorer`` (default: the session's)."""
+        return (scorer or self.scorer).score(self.model, trace, self.format, problem.answer)
+
+    def keep_masks(
+        self, importances: Sequence[float], thresholds: Sequence[float]
+    ) -> list[tuple[bool, ...]]:
+        """The policy's keep mask at each threshold."""
+        return [tuple(self.policy.keep(importances, t)) for t in thresholds]
+
+    def answer_text(self, answer_ids: Sequence[int]) -> str:
+        """An answer as graded: the cue text it continues, then its decoded ids."""
+        return self.format.answer_cue_text() + self.tokenizer.decode(
+            list(answer_ids), skip_special_tokens=True
+        )
+
+    def grade(self, problem: Problem, text: str) -> Grade:
+        if self.grader is None:
+            raise RuntimeError("this session has no grader")
+        key = (problem.answer, text)
+        if key not in self._grades:
+            self._grades[key] = self.grader.grade(problem.answer, text)
+        return self._grades[key]

@@ -1,0 +1,191 @@
+"""The run folder: appends, torn lines after a kill, refusal of another experiment, one
+writer at a time, the keys and the control rule shared by writer and reader."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from stepprune.runfolder import (
+    CONTROLS_FILE,
+    RECORDS_FILE,
+    TRACES_FILE,
+    RunFolder,
+    RunFolderError,
+    is_control,
+    load_run,
+    threshold_key,
+)
+from stepprune.schema import Record, Step, Trace
+
+IDENTITY = {"model": "m", "dataset": "d", "seed": 0}
+
+
+def _trace(pid: str) -> Trace:
+    return Trace(pid, 0, [1, 2], [3, 4, 5], 2, 4, True, True, False, False, [Step(0, 2, 4, "ab")])
+
+
+def _record(pid: str, threshold: float) -> Record:
+    return Record(
+        pid, 0, threshold, "text", "s", "p", [0], 1, 1, 2, 2, 2, 2, 5, "x", 1, False, "1", "1", True
+    )
+
+
+def _open(path: Path, identity: dict = IDENTITY, config: dict | None = None) -> RunFolder:
+    folder = RunFolder(path, identity, config or {})
+    folder.write_config()
+    return folder
+
+
+def test_round_trip_and_reopen(tmp_path: Path) -> None:
+    with _open(tmp_path) as folder:
+        folder.add_trace(_trace("a"))
+        folder.add_records([_record("a", 0.0), _record("a", 0.1)])
+    with _open(tmp_path) as again:
+        assert again.traces[("a", 0)] == _trace("a")
+        assert again.has_record("a", 0, 0.1, "s") and not again.has_record("a", 0, 0.2, "s")
+        assert not again.has_record("a", 0, 0.1, "random-control")
+    assert json.loads((tmp_path / "config.json").read_text())["identity"] == IDENTITY
+    run = load_run(tmp_path)
+    assert len(run.traces) == 1 and len(run.records) == 2
+
+
+def test_a_unit_is_never_written_twice(tmp_path: Path) -> None:
+    with _open(tmp_path) as folder:
+        folder.add_records([_record("a", 0.0)])
+        folder.add_records([_record("a", 0.0), _record("a", 0.5)])
+    assert len((tmp_path / RECORDS_FILE).read_text().splitlines()) == 2
+
+
+def test_control_records_go_to_their_own_file(tmp_path: Path) -> None:
+    control = replace(_record("a", 0.1), scorer="random-control:seed=0")
+    random_scorer = replace(_record("a", 0.1), scorer="random:seed=0")
+    with _open(tmp_path) as folder:
+        folder.add_records([_record("a", 0.1), control, random_scorer])
+    assert len((tmp_path / RECORDS_FILE).read_text().splitlines()) == 2  # scorers, random too
+    assert len((tmp_path / CONTROLS_FILE).read_text().splitlines()) == 1
+    with _open(tmp_path) as again:
+        assert again.has_record("a", 0, 0.1, "random-control:seed=0")
+        assert again.has_record("a", 0, 0.1, "random:seed=0")
+
+
+def test_only_the_random_control_is_a_control() -> None:
+    assert is_control("random-control:seed=0") and is_control("random-control")
+    assert not is_control("random:seed=0") and not is_control("random")
+    assert not is_control("random-controlled")
+
+
+def test_threshold_key_is_canonical() -> None:
+    assert threshold_key(0.1 * 3) == threshold_key(0.3) == "0.3"
+    assert threshold_key(0) == "0.0" and threshold_key(0.25) == "0.25"
+
+
+def test_partial_last_line_from_a_kill_is_dropped(tmp_path: Path) -> None:
+    with _open(tmp_path) as folder:
+        folder.add_trace(_trace("a"))
+        folder.add_records([_record("a", 0.0)])
+    with (tmp_path / RECORDS_FILE).open("a") as handle:
+        handle.write('{"problem_id": "a", "sam')  # killed mid-write
+    assert len(load_run(tmp_path).records) == 1  # the reader skips it and changes nothing
+    assert (tmp_path / RECORDS_FILE).read_text().endswith('"sam')
+    with _open(tmp_path) as again:
+        assert list(again.records) == [("a", 0, "0.0", "s")]
+        again.add_records([_record("a", 0.5)])
+    lines = (tmp_path / RECORDS_FILE).read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line) for line in lines)
+
+
+def test_complete_last_line_without_newline_gets_one(tmp_path: Path) -> None:
+    # A valid last row whose newline was lost (an editor, a copy): the next append must not
+    # glue a record onto it.
+    with _open(tmp_path) as folder:
+        folder.add_trace(_trace("a"))
+        folder.add_records([_record("a", 0.0)])
+    path = tmp_path / RECORDS_FILE
+    path.write_text(path.read_text().rstrip("\n"))
+    with _open(tmp_path) as again:
+        assert again.has_record("a", 0, 0.0, "s")
+        again.add_records([_record("a", 0.5)])
+    assert [json.loads(line)["threshold"] for line in path.read_text().splitlines()] == [0.0, 0.5]
+    assert len(load_run(tmp_path).records) == 2
+
+
+def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    (tmp_path / TRACES_FILE).write_text('{"broken\n{"also": 1}\n')
+    with pytest.raises(RunFolderError, match=r"traces.jsonl: line 1: invalid JSON"):
+        RunFolder(tmp_path, IDENTITY, {})
+
+
+def test_json_row_that_is_not_a_record_names_its_line(tmp_path: Path) -> None:
+    with _open(tmp_path) as folder:
+        folder.add_trace(_trace("a"))
+        folder.add_records([_record("a", 0.0)])
+    with (tmp_path / RECORDS_FILE).open("a") as handle:
+        handle.write('{"problem_id": "b", "sample": 0}\n')
+        handle.write(json.dumps(_record("a", 0.5).to_json()) + "\n")
+    with pytest.raises(RunFolderError, match=r"records.jsonl: line 2: not a record"):
+        RunFolder(tmp_path, IDENTITY, {})
+    with pytest.raises(RunFolderError, match=r"records.jsonl: line 2: not a record"):
+        load_run(tmp_path)
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / TRACES_FILE).write_bytes(b'{"a": 1}\n{"b": "\xff"}\n')
+    with pytest.raises(RunFolderError, match=r"traces.jsonl: line 2: not UTF-8"):
+        RunFolder(tmp_path, IDENTITY, {})
+
+
+def test_different_model_is_refused_and_config_is_kept(tmp_path: Path) -> None:
+    _open(tmp_path, config={"note": "first"}).close()
+    with pytest.raises(RunFolderError, match="model='m', not 'other'"):
+        RunFolder(tmp_path, {**IDENTITY, "model": "other"}, {"note": "second"})
+    assert json.loads((tmp_path / "config.json").read_text())["note"] == "first"
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    with pytest.raises(RunFolderError, match="exists and is not a folder"):
+        RunFolder(target, IDENTITY, {})
+    with pytest.raises(RunFolderError, match="cannot write there"):
+        RunFolder(target / "below", IDENTITY, {})
+    assert target.read_text() == "keep me"
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from stepprune.runfolder import RunFolder
+folder = RunFolder(Path(sys.argv[1]), {"model": "m", "dataset": "d", "seed": 0}, {})
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_one_writer_at_a_time_and_a_killed_writer_leaves_no_lock(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderError, match="another stepprune run is writing"):
+            RunFolder(tmp_path, IDENTITY, {})
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while True:  # the kernel releases a dead process's flock
+        try:
+            RunFolder(tmp_path, IDENTITY, {}).close()
+            break
+        except RunFolderError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
