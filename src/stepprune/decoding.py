@@ -147,13 +147,24 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> to
 
 
 class RowSampler:
-    """Draws next tokens for one sequence from its own generator (shared with online mode)."""
+    """Draws next tokens for one sequence from its own generator (engines and online mode).
+
+    The generator lives on the device of the logits it first sees, so drawing never copies a
+    vocabulary-sized row to the host; the same seed gives the same tokens on one device type.
+    """
 
     def __init__(self, seed: int, sampling: SamplingConfig) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
-        self.sampling = sampling
+        self.seed, self.sampling = seed, sampling
+        self.generator: torch.Generator | None = None
+
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """``probs``: ``(vocab,)`` filtered probabilities; the drawn id as a ``(1,)`` tensor on
+        their device (no host synchronisation)."""
+        if self.generator is None:
+            self.generator = torch.Generator(device=probs.device).manual_seed(self.seed)
+        return torch.multinomial(probs, 1, generator=self.generator)
 
     def __call__(self, logits: torch.Tensor) -> int:
         """``logits``: ``(vocab,)``; returns the drawn token id."""
-        probs = sampling_probs(logits[None].cpu(), self.sampling.temperature, self.sampling.top_p)
-        return int(torch.multinomial(probs[0], 1, generator=self.generator))
+        probs = sampling_probs(logits[None], self.sampling.temperature, self.sampling.top_p)
+        return int(self.draw(probs[0]))

@@ -23,7 +23,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from stepprune.decoding import Continuation, RowSampler, SamplingConfig, StopRule
+from stepprune.decoding import Continuation, RowSampler, SamplingConfig, StopRule, sampling_probs
 from stepprune.engines.base import ENGINES, Engine
 
 DEFAULT_BATCH_SIZE = 8
@@ -32,14 +32,14 @@ DEFAULT_BATCH_SIZE = 8
 class SeededSampling(LogitsProcessor):
     """Samples row ``i`` with ``samplers[i]`` and returns scores where only that token is finite."""
 
-    def __init__(self, samplers: Sequence[RowSampler]) -> None:
-        self.samplers = list(samplers)
+    def __init__(self, samplers: Sequence[RowSampler], sampling: SamplingConfig) -> None:
+        self.samplers, self.sampling = list(samplers), sampling
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
-        chosen = torch.full_like(scores, float("-inf"))
-        for row, sampler in enumerate(self.samplers):
-            chosen[row, sampler(scores[row])] = 0.0
-        return chosen
+        """``scores``: ``(rows, vocab)``; every row filtered at once, drawn by its own sampler."""
+        probs = sampling_probs(scores, self.sampling.temperature, self.sampling.top_p)
+        tokens = torch.cat([s.draw(probs[row]) for row, s in enumerate(self.samplers)])
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens[:, None], 0.0)
 
 
 class _StopRows(StoppingCriteria):
@@ -127,7 +127,10 @@ class HFEngine(Engine):
         for rows in self._batches(prompts):
             samplers = [RowSampler(seeds[i], sampling) for i in rows]
             generated = self._generate(
-                [prompts[i] for i in rows], sampling.max_new_tokens, [SeededSampling(samplers)], []
+                [prompts[i] for i in rows],
+                sampling.max_new_tokens,
+                [SeededSampling(samplers, sampling)],
+                [],
             )
             results += [rule.finish(ids) for ids in generated]
         return results
