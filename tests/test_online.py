@@ -123,3 +123,35 @@ def test_probe_scores_equal_the_probe_attention_scorer(setup) -> None:
     offline = scorer.score(model, trace, fmt)
     assert torch.allclose(torch.tensor(online), torch.tensor(offline), atol=1e-5)
     assert state.length == trace.reasoning_end  # the probe left the cache
+
+
+def test_thresholds_compound_and_budget_generates_once(setup, monkeypatch) -> None:
+    from stepprune.modes.online import OnlineMode
+
+    session, problem, trace = setup
+    calls = []
+    original = OnlinePruner.run
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.config.threshold)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(OnlinePruner, "run", counting)
+    prunings = [Pruning(session.scorer.spec, t) for t in (0.0, 0.2, 0.5)]
+    outcomes = OnlineMode(answer_max_tokens=2, recent=8).evaluate(session, problem, trace, prunings)
+    assert calls == [0.0, 0.2, 0.5]  # one generation per threshold
+    kept = [sum(o.keep) / len(o.keep) for o in outcomes]
+    assert kept[0] == 1.0
+    # The threshold is applied again at every checkpoint, to the steps still cached: steps are
+    # evicted at several checkpoints, and the record reports the fraction finally kept.
+    assert kept[2] <= kept[1] < 1.0
+    evictions = outcomes[2].details["online"]["evictions"]
+    assert len([e for e in evictions if e["steps"]]) >= 2
+    assert outcomes[2].keep.count(False) == sum(len(e["steps"]) for e in evictions)
+    calls.clear()
+    budget = OnlineMode(answer_max_tokens=2, recent=8, budget=60).evaluate(
+        session, problem, trace, prunings
+    )
+    assert len(calls) == 1  # --budget ignores the threshold: one generation serves them all
+    assert len({tuple(o.keep) for o in budget}) == 1 and len(budget) == 3
+    assert not all(budget[0].keep)  # the budget is below the cache: steps were evicted

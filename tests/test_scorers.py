@@ -63,3 +63,23 @@ def test_bad_options_are_named() -> None:
         SCORERS.build("attention:layers=middle")
     with pytest.raises(SpecError, match="unexpected keyword"):
         SCORERS.build("length:foo=1")
+
+
+def test_random_scores_depend_on_the_trace() -> None:
+    # Seeded per trace (problem and sample), as documented: two traces with the same number of
+    # steps get different scores, and the same trace always the same ones.
+    scorer = SCORERS.build("random:seed=1")
+    trace = _trace([(5, 8), (8, 20), (21, 30)])
+    other_problem = Trace(**{**trace.__dict__, "problem_id": "q"})
+    other_sample = Trace(**{**trace.__dict__, "sample": 1})
+    first = scorer.score(None, trace)
+    assert scorer.score(None, other_problem) != first
+    assert scorer.score(None, other_sample) != first
+    assert scorer.score(None, Trace(**trace.__dict__)) == first
+
+
+def test_spec_errors_name_the_option() -> None:
+    with pytest.raises(SpecError, match="seed='abc' is not an integer"):
+        SCORERS.build("random:seed=abc")
+    with pytest.raises(SpecError, match="'query' is given twice"):
+        SCORERS.build("attention:query=last,query=probe")
