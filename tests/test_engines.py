@@ -94,3 +94,9 @@ def test_greedy_is_deterministic_and_respects_the_budget(engine: HFEngine) -> No
     again = engine.greedy(list(reversed(contexts)), 6, box_prefix=None)
     assert [c.ids for c in first] == [c.ids for c in reversed(again)]
     assert all(len(c.content_ids) <= 6 for c in first)
+
+
+def test_config_knows_every_engine() -> None:
+    from stepprune.config import ENGINE_NAMES
+
+    assert tuple(ENGINES.names) == ENGINE_NAMES

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA
+from tests.processes import alive, descendants, kill_all, stop, wait_for
 
 
 def _command(model: Path, out: Path, dataset: str) -> list[str]:
@@ -39,16 +40,26 @@ def _records(out: Path) -> list[str]:
 
 def _run_killed(command: list[str], out: Path, watch: str, after_lines: int) -> None:
     """Start the run and SIGKILL it once ``watch`` holds ``after_lines`` lines (or a partial
-    one)."""
+    one); then nothing it started (the grading worker) may survive it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if _lines(out / watch) >= after_lines:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    process.wait()
+    # Output to a file: a surviving worker would hold a pipe open.
+    with (out.parent / "killed.log").open("ab") as log:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    below = []
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            if _lines(out / watch) >= after_lines:
+                below = descendants(process.pid)
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        process.wait()
+        survivors = lambda: [p for p in below if alive(p)]  # noqa: E731
+        assert wait_for(lambda: not survivors(), timeout=5), f"left running: {survivors()}"
+    finally:
+        stop(process)
+        kill_all(below)
 
 
 @pytest.mark.skipif(not (DATA / "aime24.jsonl").exists(), reason="shared data missing")

@@ -20,6 +20,8 @@ from stepprune.runfolder import (
     TRACES_FILE,
     RunFolder,
     RunFolderError,
+    control_spec,
+    controlled_scorer,
     is_control,
     load_run,
     threshold_key,
@@ -66,21 +68,29 @@ def test_a_unit_is_never_written_twice(tmp_path: Path) -> None:
 
 
 def test_control_records_go_to_their_own_file(tmp_path: Path) -> None:
-    control = replace(_record("a", 0.1), scorer="random-control:seed=0")
+    control = replace(_record("a", 0.1), scorer=control_spec(0, "s"))
     random_scorer = replace(_record("a", 0.1), scorer="random:seed=0")
     with _open(tmp_path) as folder:
         folder.add_records([_record("a", 0.1), control, random_scorer])
     assert len((tmp_path / RECORDS_FILE).read_text().splitlines()) == 2  # scorers, random too
     assert len((tmp_path / CONTROLS_FILE).read_text().splitlines()) == 1
     with _open(tmp_path) as again:
-        assert again.has_record("a", 0, 0.1, "random-control:seed=0")
+        assert again.has_record("a", 0, 0.1, "random-control:seed=0,of=s")
         assert again.has_record("a", 0, 0.1, "random:seed=0")
+        # The control of another scorer is another unit.
+        assert not again.has_record("a", 0, 0.1, control_spec(0, "random:seed=0"))
 
 
 def test_only_the_random_control_is_a_control() -> None:
     assert is_control("random-control:seed=0") and is_control("random-control")
+    assert is_control(control_spec(3, "attention:query=last,layers=all"))
     assert not is_control("random:seed=0") and not is_control("random")
     assert not is_control("random-controlled")
+    assert controlled_scorer(control_spec(3, "attention:query=last,layers=all")) == (
+        "attention:query=last,layers=all"
+    )
+    assert controlled_scorer("random-control:seed=0") is None  # written before 0.3
+    assert controlled_scorer("random:seed=0") is None
 
 
 def test_threshold_key_is_canonical() -> None:
@@ -189,3 +199,29 @@ def test_one_writer_at_a_time_and_a_killed_writer_leaves_no_lock(tmp_path: Path)
         except RunFolderError:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_a_folder_of_other_files_is_not_a_run_folder(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match=r"not a run folder \(it holds notes.txt\)"):
+        RunFolder(tmp_path, IDENTITY, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    RunFolder(empty, IDENTITY, {}).close()  # a new or empty folder is fine
+
+
+def test_a_record_with_a_wrong_type_names_line_and_field(tmp_path: Path) -> None:
+    with _open(tmp_path) as folder:
+        folder.add_trace(_trace("a"))
+    row = {**_record("a", 0.0).to_json(), "threshold": "abc"}
+    (tmp_path / RECORDS_FILE).write_text(json.dumps(row) + "\n")
+    message = r"records.jsonl: line 1: not a record \(threshold = 'abc' is not float\)"
+    with pytest.raises(RunFolderError, match=message):
+        load_run(tmp_path)
+    with pytest.raises(RunFolderError, match=message):
+        RunFolder(tmp_path, IDENTITY, {})
+    row = {**_record("a", 0.0).to_json(), "correct": 1}  # a number is not a bool
+    (tmp_path / RECORDS_FILE).write_text(json.dumps(row) + "\n")
+    with pytest.raises(RunFolderError, match="correct = 1 is not bool"):
+        load_run(tmp_path)

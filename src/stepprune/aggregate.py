@@ -8,7 +8,10 @@
 Pure computation: no files, no rendering (``stepprune.reporting`` renders). Thresholds are
 grouped on ``runfolder.threshold_key``, so ``0.1 * 3`` and ``0.3`` are one row; the random
 control is what ``runfolder.is_control`` says (``random-control...``), never a user's own
-``random`` scorer. Intervals are percentile bootstraps over problems (``stepprune.stats``).
+``random`` scorer, and each scorer is compared only with its own control
+(``runfolder.control_owner``: ``of=`` in the control's spec, or the folder's first scorer for
+controls written before 0.3). Intervals are percentile bootstraps over problems
+(``stepprune.stats``).
 
 Means of nothing are None, never 0: a run without traces has no truncation rate, not a rate of
 0%. Rows are built from non-empty groups of records, so their means are always numbers.
@@ -23,7 +26,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepprune.runfolder import Run, is_control, threshold_key
+from stepprune.runfolder import (
+    Run,
+    control_owner,
+    is_control,
+    legacy_owner,
+    name_control,
+    threshold_key,
+)
 from stepprune.schema import Record, Trace
 from stepprune.stats import (
     DEFAULT_LEVEL,
@@ -73,11 +83,12 @@ class Row:
     figure, equal to pass@1 when every problem has as many samples). ``delta`` is pass@1 minus
     the reference row's (threshold 0.0 of the same scorer and mode, else its smallest
     threshold), paired over shared problems; None on the reference row itself. ``control_*``
-    describe the random control at the same mode and threshold (every control seed pooled) and
-    ``vs_control`` = this row - control, paired; None when the run has no control there or this
-    row is itself a control. Token figures are means per record unless named ``..._pct`` or
-    ``..._fraction`` of a pooled total (long traces dominate the token cost, so they dominate
-    the share too).
+    describe this scorer's own random control at the same mode and threshold (every control
+    seed of this scorer pooled) and ``vs_control`` = this row - control, paired; None when the
+    scorer has no control there or this row is itself a control. ``control_of`` is, on a
+    control's row, the scorer it controls. Token figures are means per record unless named
+    ``..._pct`` or ``..._fraction`` of a pooled total (long traces dominate the token cost, so
+    they dominate the share too).
     """
 
     run: str
@@ -110,6 +121,7 @@ class Row:
     control_kept_fraction: float | None = None
     vs_control: float | None = None
     vs_control_ci: Interval | None = None
+    control_of: str | None = None
     per_problem: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -167,7 +179,11 @@ def _group_row(label: str, key: GroupKey, records: list[Record], boot: Bootstrap
 
 
 def aggregate_rows(
-    records: Iterable[Record], label: str = "", bootstrap: Bootstrap | None = None
+    records: Iterable[Record],
+    label: str = "",
+    bootstrap: Bootstrap | None = None,
+    *,
+    legacy: str | None = None,
 ) -> list[Row]:
     """Rows of ``records``: non-control scorers first (in record order), then controls; within
     a scorer, by mode then ascending threshold.
@@ -176,20 +192,36 @@ def aggregate_rows(
         records: Records of one run (any scorers, modes and thresholds; controls included).
         label: The run's label, copied into every row (reports of several runs).
         bootstrap: Interval settings (default: ``stats`` defaults, seed 0).
+        legacy: The scorer that controls without ``of=`` belong to (default: the first
+            scorer of ``records``, ``runfolder.legacy_owner``).
     """
     boot = bootstrap or Bootstrap()
     records = list(records)
+    legacy = legacy or legacy_owner(records)
+    specs = {r.scorer for r in records}
+
+    def group_spec(spec: str) -> str:
+        # A control written before 0.3 joins the row of its owner's control when the folder
+        # also has that row (an old folder resumed with more samples); else it keeps its name.
+        if legacy is None or not is_control(spec):
+            return spec
+        named = name_control(spec, legacy)
+        return named if named in specs else spec
+
     groups: dict[GroupKey, list[Record]] = defaultdict(list)
     for record in records:
-        groups[(record.scorer, record.mode, float(threshold_key(record.threshold)))].append(record)
+        key = (group_spec(record.scorer), record.mode, float(threshold_key(record.threshold)))
+        groups[key].append(record)
     rows = {key: _group_row(label, key, group, boot) for key, group in groups.items()}
 
-    # The control of each (mode, threshold): every control seed's records pooled, so that
-    # several seeds average out instead of one being picked arbitrarily.
-    pooled: dict[tuple[str, float], list[Record]] = defaultdict(list)
-    for (scorer, mode, threshold), group in groups.items():
-        if is_control(scorer):
-            pooled[(mode, threshold)].extend(group)
+    # The control of each (scorer, mode, threshold): only that scorer's controls (every seed
+    # pooled, so that several seeds average out instead of one being picked arbitrarily).
+    pooled: dict[tuple[str, str, float], list[Record]] = defaultdict(list)
+    for (spec, mode, threshold), group in groups.items():
+        owner = control_owner(spec, legacy)
+        if owner is not None:
+            pooled[(owner, mode, threshold)].extend(group)
+            rows[(spec, mode, threshold)].control_of = owner
 
     for (scorer, mode, threshold), row in rows.items():
         own = sorted(t for s, m, t in rows if (s, m) == (scorer, mode))
@@ -199,7 +231,7 @@ def aggregate_rows(
             # No shared problem means no paired difference to report: leave it None.
             with contextlib.suppress(ValueError):
                 row.delta, row.delta_ci = boot.delta(row.per_problem, reference.per_problem)
-        control = pooled.get((mode, threshold))
+        control = pooled.get((scorer, mode, threshold))
         if control and not row.is_control:
             values = pass_at_1(control)
             row.control_pass1 = sum(values.values()) / len(values)
@@ -208,7 +240,7 @@ def aggregate_rows(
             with contextlib.suppress(ValueError):
                 row.vs_control, row.vs_control_ci = boot.delta(row.per_problem, values)
 
-    order = list(dict.fromkeys(r.scorer for r in records))
+    order = list(dict.fromkeys(group_spec(r.scorer) for r in records))
     return [
         rows[key]
         for key in sorted(rows, key=lambda k: (is_control(k[0]), order.index(k[0]), k[1], k[2]))
@@ -305,17 +337,32 @@ def summary_json(
     ``random_control_pass1`` / ``random_control_pass1_ci`` and the paired difference
     ``vs_random`` / ``vs_random_ci`` (None where there is no control).
 
-    ``records`` may hold other scorers: only ``scorer`` and ``control`` are read. ``traces``
-    are the units summarised (for the run-level figures). Thresholds are sorted ascending.
+    ``records`` may hold other scorers and their controls: only ``scorer`` and its own
+    ``control`` are read (``control`` as ``runfolder.control_spec`` names it; a spec without
+    ``of=`` means that control of ``scorer``, and matches records without ``of=`` when
+    ``scorer`` is the folder's first scorer). ``traces`` are the units summarised (for the
+    run-level figures). Thresholds are sorted ascending.
     """
-    wanted = {scorer} | ({control} if control else set())
-    records = [r for r in records if r.scorer in wanted]
-    rows = aggregate_rows(records, bootstrap=bootstrap)
+    records = list(records)
+    legacy = legacy_owner(records)
+
+    wanted = name_control(control, scorer) if control else None
+    records = [
+        r
+        for r in records
+        if r.scorer == scorer
+        or (
+            wanted is not None
+            and is_control(r.scorer)
+            and name_control(r.scorer, legacy or "") == wanted
+        )
+    ]
+    rows = aggregate_rows(records, bootstrap=bootstrap, legacy=legacy)
     figures = run_figures(traces, records, bootstrap)
 
-    def by_key(spec: str) -> dict[str, Row]:
+    def by_key(spec: str | None) -> dict[str, Row]:
         # One folder holds one mode; should it hold several, the run's own mode wins.
-        own = [r for r in rows if r.scorer == spec]
+        own = [r for r in rows if (r.control_of == scorer if spec is None else r.scorer == spec)]
         chosen: dict[str, Row] = {}
         for row in sorted(own, key=lambda r: r.mode == mode):
             chosen[row.key] = row
@@ -343,7 +390,7 @@ def summary_json(
         "thresholds": thresholds,
     }
     if control is not None:
-        control_rows = {key: _threshold_entry(row) for key, row in by_key(control).items()}
+        control_rows = {key: _threshold_entry(row) for key, row in by_key(None).items()}
         summary["random_control"] = {"scorer": control, **control_rows}
     summary.update(scorer=scorer, policy=policy, mode=mode)
     return summary

@@ -9,10 +9,12 @@ from typing import Any
 
 from stepprune.decoding import SamplingConfig
 from stepprune.problems import dataset_name
-from stepprune.steps import DEFAULT_MIN_STEP_CHARS
+from stepprune.steps import DEFAULT_MIN_STEP_CHARS, SEGMENTERS
 
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 MODE_NAMES = ("text", "kv", "online")
+# Engines for plain decoding (traces, text-mode answers); a vLLM engine is planned (issue 10).
+ENGINE_NAMES = ("hf",)
 # The scorer when none is given: the notebook's, except online, which can only score the
 # cached steps with a probe (Think Clearly).
 DEFAULT_SCORER = {"text": "attention", "kv": "attention", "online": "attention:query=probe"}
@@ -63,6 +65,14 @@ class RunConfig:
         for t in self.thresholds:
             if not 0.0 <= t < 1.0:
                 raise ValueError(f"--thresholds: {t} is outside [0, 1)")
+        if self.interval < 0:
+            raise ValueError(f"--interval must be >= 0, got {self.interval}")
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"--budget must be >= 1, got {self.budget}")
+        if self.segmenter not in SEGMENTERS:
+            raise ValueError(f"--segmenter {self.segmenter!r}: choose from {', '.join(SEGMENTERS)}")
+        if self.engine not in ENGINE_NAMES:
+            raise ValueError(f"--engine {self.engine!r}: choose from {', '.join(ENGINE_NAMES)}")
         if self.mode not in MODE_NAMES:
             raise ValueError(f"--mode {self.mode!r}: choose from {', '.join(MODE_NAMES)}")
         if self.mode != "kv" and self.positions != "original":

@@ -3,10 +3,12 @@
     Problem -> Trace -> Steps -> importances -> keep masks -> Outcomes -> Records -> summary
     (session.traces)            (scorer)       (policy)      (mode)      (to_record) (reporting)
 
-Everything is checked before anything is loaded or written; then the run folder is locked,
-and each finished trace and its records are appended before the next unit starts, so an
-interrupted run resumes where it stopped. A folder with nothing left to do is summarised
-without loading the model.
+Everything is checked before anything is loaded or written (a scorer that depends on the
+model, such as ``attention:layers=0+99``, against the config read from the model's files); then
+the run folder is locked, the model is loaded and checked again (layers; every prompt against
+the model's context) before config.json is written, and each finished trace and its records are
+appended before the next unit starts, so an interrupted run resumes where it stopped. A folder
+with nothing left to do is summarised without loading the model.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import stepprune
 from stepprune.config import RunConfig
 from stepprune.decoding import SamplingConfig
 from stepprune.grading import Grader
-from stepprune.models import load_model
+from stepprune.models import ModelLoadError, load_model, resolve_model_source
 from stepprune.modes import MODES, Mode, Pruning, to_record
 from stepprune.modes.kv import KVMode
 from stepprune.modes.online import OnlineMode
@@ -100,8 +102,12 @@ class Experiment:
             config.limit,
             seed=config.seed,
         )
+        # The control of this scorer: it keeps as many steps as this scorer at each threshold,
+        # so its spec names the scorer (another --scorer on the folder gets its own control).
         self.control = (
-            control_spec(config.seed) if config.control and not self.mode.decides_online else None
+            control_spec(config.seed, self.scorer.spec)
+            if config.control and not self.mode.decides_online
+            else None
         )
         self.units = [(p, s) for p in self.problems for s in range(config.samples)]
 
@@ -160,19 +166,57 @@ class Experiment:
                     "changed); use another --out"
                 )
 
+    def _check_model_files(self) -> None:
+        """Check a scorer that depends on the model (``attention:layers=0+99``) against the
+        config read from the model's files, before the folder is opened or weights loaded.
+
+        Only done when the scorer needs it (reading a GGUF's metadata takes seconds). A config
+        that cannot be read here is left to ``load_model`` to report, and only if the run has
+        work to do: a finished folder is summarised without its model.
+        """
+        if not getattr(self.scorer, "needs_model_config", False):
+            return
+        try:
+            source, gguf_file = resolve_model_source(self.config.model)
+            model_config = transformers.AutoConfig.from_pretrained(source, gguf_file=gguf_file)
+        except (ModelLoadError, OSError, ValueError, KeyError):
+            return
+        check = getattr(self.scorer, "check_model", None)
+        if check is not None:
+            check(model_config, cached_only=self.mode.decides_online)
+
+    def _check_session(self, session: Session, untraced: list[tuple[Problem, int]]) -> None:
+        """Checks that need the loaded model, made before config.json or any trace is written."""
+        check = getattr(self.scorer, "check_model", None)
+        if check is not None:
+            check(session.model.config, cached_only=self.mode.decides_online)
+        problems = list({p.id: p for p, _ in untraced}.values())
+        warning = session.check_lengths(problems, self.config.max_new_tokens)
+        if warning:
+            self.err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+
     def run(self) -> dict[str, Any]:
         """Trace, score, prune and re-evaluate every unit not yet in the run folder; report."""
         cfg = self.config
         run_config = {"config": asdict(cfg), "environment": _environment()}
         identity = cfg.identity()
+        self._check_model_files()
         with RunFolder(cfg.output_dir(), identity, run_config) as folder:
             self._check_unchanged(folder)
             untraced, unfinished = self._pending(folder)
             if unfinished:
                 with Grader(timeout_s=cfg.grade_timeout) as grader:
                     session = self._load(grader)
+                    self._check_session(session, untraced)
                     folder.write_config()
                     self._work(session, folder, untraced, unfinished)
+                if grader.timeouts:
+                    self.err.print(
+                        f"note: grading timed out on {grader.timeouts} answer(s) (math-verify, "
+                        f"limit {cfg.grade_timeout:g} s per answer); they count as incorrect",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
             else:
                 folder.write_config()
                 self.err.print("nothing left to do in this folder: summarising", highlight=False)

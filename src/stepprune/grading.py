@@ -9,15 +9,28 @@ There is deliberately no fallback that picks a number out of the text: the origi
 math-verify bounds its own work with ``signal.alarm``, which only works in the main thread of a
 process, and sympy can still hang or blow up on adversarial input. :class:`Grader` therefore runs
 each grading in a single worker process and kills it when the result is late.
+
+The worker never outlives its parent (``kill -9`` of a run included: the kernel kills it through
+``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread exits it everywhere), ignores Ctrl-C (the
+parent handles it and kills the worker, so no worker traceback is printed), and prints nothing:
+math-verify's own log lines ("Timeout during comparison") are caught in the worker and a timed-out
+answer comes back as an incorrect ``Grade`` with ``issue="timeout"``, counted by the Grader.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
-from collections.abc import Callable
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -52,13 +65,15 @@ class Grade:
 
     ``prediction`` is the answer math-verify extracted, as its normalised LaTeX string (e.g.
     ``"34"``, ``"\\frac{1}{2}"``), or None when nothing was extracted or grading failed.
+    ``issue`` says why an answer could not be graded normally (``"timeout"``: math-verify or
+    the worker ran out of time, the answer counts as incorrect; ``"gold not parsed"``;
+    ``"failed: ..."``); it is not part of the verdict, so grades compare on the verdict only.
     """
 
     prediction: str | None
     correct: bool
+    issue: str | None = field(default=None, compare=False)
 
-
-_FAILED = Grade(prediction=None, correct=False)
 
 # (gold, answer_text, math-verify timeout in whole seconds) -> Grade; runs in the worker process.
 WorkerFn = Callable[[str, str, int], Grade]
@@ -97,24 +112,94 @@ def extract_prediction(answer_text: str) -> str | None:
     return _parse_prediction(answer_text, timeout_s=None)[1]
 
 
+class _MathVerifyLog(logging.Handler):
+    """Takes math-verify's log records in the worker: nothing is printed (the worker shares the
+    terminal with the parent's progress display); its timeouts are counted."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.timeouts = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Timeout during"):
+            self.timeouts += 1
+
+
+_MV_LOG = _MathVerifyLog()
+
+
 def _grade_in_worker(gold: str, answer_text: str, mv_timeout_s: int) -> Grade:
     """Grade one answer; runs in the worker process, whose main thread can use signal.alarm.
 
-    Module level so that it pickles.
+    Module level so that it pickles. Prints nothing: what went wrong is the Grade's ``issue``,
+    reported by the parent.
     """
+    timeouts = _MV_LOG.timeouts
     try:
         gold_parsed = _parse_gold(gold, mv_timeout_s)
         pred_parsed, prediction = _parse_prediction(answer_text, mv_timeout_s)
         if not gold_parsed or not pred_parsed:
-            # An unparseable gold is a data problem, not the model's: log it so it is noticed.
-            if not gold_parsed:
-                logger.warning("math-verify could not parse the gold answer %r", gold)
-            return Grade(prediction=prediction, correct=False)
-        correct = verify(gold_parsed, pred_parsed, timeout_seconds=mv_timeout_s)
-        return Grade(prediction=prediction, correct=bool(correct))
-    except Exception:  # never let one odd answer end a long run
-        logger.warning("grading failed for gold %r", gold, exc_info=True)
-        return _FAILED
+            # An unparseable gold is a data problem, not the model's: the parent logs it.
+            issue = "gold not parsed" if not gold_parsed else None
+            if _MV_LOG.timeouts > timeouts:
+                issue = "timeout"
+            return Grade(prediction=prediction, correct=False, issue=issue)
+        correct = bool(verify(gold_parsed, pred_parsed, timeout_seconds=mv_timeout_s))
+        # A comparison that timed out counts as unequal: unless another comparison matched,
+        # the answer is incorrect, and counted as timed out.
+        issue = "timeout" if not correct and _MV_LOG.timeouts > timeouts else None
+        return Grade(prediction=prediction, correct=correct, issue=issue)
+    except Exception as error:  # never let one odd answer end a long run
+        return Grade(None, False, issue=f"failed: {type(error).__name__}: {error}")
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Make this process end when ``parent_pid`` does, even by SIGKILL.
+
+    On Linux the kernel sends SIGKILL the moment the parent dies (``PR_SET_PDEATHSIG``); a
+    daemon thread that watches ``getppid()`` covers other systems and a parent that died
+    before the request was made.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no prctl: the watchdog alone
+            pass
+    if os.getppid() != parent_pid:  # the parent is already gone
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="stepprune-parent-watch", daemon=True).start()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while processes are started (main thread only: elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        # None: a handler not set from Python, which cannot be put back; the default then.
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+def _init_worker(parent_pid: int) -> None:
+    """Initializer of the grading worker (runs in it, before any task)."""
+    # Ctrl-C reaches the whole process group: the parent handles it (and kills this worker);
+    # here it would only print a traceback from the middle of a queue read.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent_pid)
+    mv_logger = logging.getLogger("math_verify")
+    mv_logger.addHandler(_MV_LOG)
+    mv_logger.propagate = False
 
 
 def _ping() -> None:
@@ -137,7 +222,10 @@ class Grader:
     """Grades answers in a worker process with a per-answer timeout. Context manager.
 
     The worker is started on first use and reused; after a timeout or a crash it is killed and a
-    fresh one is started on the next call. Not thread-safe: use one Grader per thread.
+    fresh one is started on the next call. Not thread-safe: use one Grader per thread (on Linux
+    the worker is tied to the thread that started it, the one that grades). The worker exits
+    when this process dies, whatever kills it. ``timeouts`` counts the answers that ran out of
+    time (graded incorrect).
 
     Args:
         timeout_s: seconds to wait for one answer's result; a late answer gets
@@ -155,19 +243,29 @@ class Grader:
         self._mv_timeout_s = max(1, int(timeout_s / 2))
         self._worker = _worker
         self._pool: ProcessPoolExecutor | None = None
+        self.timeouts = 0
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # spawn, not fork: the parent may hold CUDA state and threads, which fork copies
-            # unsafely, and spawn behaves the same on every platform.
-            pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
-            )
+            # unsafely, and spawn behaves the same on every platform. The processes start with
+            # Ctrl-C ignored (inherited through exec), so that a Ctrl-C while they import does
+            # not print their traceback either.
+            with _sigint_ignored():
+                pool = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker,
+                    initargs=(os.getpid(),),
+                )
+                started = pool.submit(_ping)
             try:
                 # Wait for the worker here so that its start-up is not charged to an answer.
-                pool.submit(_ping).result(timeout=_STARTUP_TIMEOUT_S)
+                started.result(timeout=_STARTUP_TIMEOUT_S)
             except BaseException:
-                _kill_pool(pool)
+                # The original error (a Ctrl-C included) goes on, whatever the clean-up raises.
+                with suppress(Exception):
+                    _kill_pool(pool)
                 raise
             self._pool = pool
         return self._pool
@@ -186,20 +284,36 @@ class Grader:
         future: Future[Grade] | None = None
         try:
             future = self._ensure_pool().submit(self._worker, gold, answer_text, self._mv_timeout_s)
-            return future.result(timeout=self.timeout_s)
+            grade = future.result(timeout=self.timeout_s)
         except TimeoutError:
-            what = "worker start-up" if future is None else f"answer after {self.timeout_s} s"
-            logger.warning("grading timed out (%s); restarting the worker", what)
-        except Exception:
+            if future is None:
+                logger.warning("grading timed out (worker start-up); restarting the worker")
+                issue = "failed: worker start-up timed out"
+            else:
+                logger.warning(
+                    "grading timed out (answer after %s s); restarting the worker", self.timeout_s
+                )
+                issue = "timeout"
+        except Exception as error:
             # Includes BrokenProcessPool (the worker died, e.g. out of memory) and errors raised
             # by an injected worker: start afresh on the next call either way.
-            logger.warning("grading failed; restarting the worker", exc_info=True)
+            issue = f"failed: {type(error).__name__}: {error}"
+            # One line: it appears in the middle of the run's progress display.
+            logger.warning("grading %s; restarting the worker", issue)
         except BaseException:
             # Interrupted (Ctrl-C) while the worker may still be busy: do not leave it running.
             self._discard_pool()
             raise
+        else:
+            if grade.issue == "gold not parsed":
+                logger.warning("math-verify could not parse the gold answer %r", gold)
+            elif grade.issue and grade.issue != "timeout":
+                logger.warning("grading failed for gold %r: %s", gold, grade.issue)
+            self.timeouts += grade.issue == "timeout"
+            return grade
         self._discard_pool()
-        return _FAILED
+        self.timeouts += issue == "timeout"
+        return Grade(None, False, issue=issue)
 
     def close(self) -> None:
         """Stop the worker process, if one is running. The Grader can still be used afterwards."""

@@ -16,7 +16,8 @@ most one partial last line: the writer cuts it when it opens the folder, the rea
 
 ``RunFolder`` is the writer (``stepprune run``); ``load_run`` the read-only reader (reports,
 ``show``). Both use the same keys: ``threshold_key`` and ``record_key``; ``is_control`` is the
-one rule for what is a random-control record.
+one rule for what is a random-control record, ``control_owner`` the one rule for which scorer
+a control record controls.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,34 @@ SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.md"
 IMPORTANCE_PLOT = "importance.png"
 LOCK_FILE = ".lock"
+# Everything a run folder may hold (a report folder included).
+RUN_FILES = frozenset(
+    {
+        CONFIG_FILE,
+        TRACES_FILE,
+        RECORDS_FILE,
+        SCORES_FILE,
+        CONTROLS_FILE,
+        SUMMARY_FILE,
+        RESULTS_FILE,
+        IMPORTANCE_PLOT,
+        LOCK_FILE,
+        "report",
+        "config.json.tmp",
+        "summary.json.tmp",
+        "results.md.tmp",
+    }
+)
 # What `stepprune run` writes first, in order; the first one missing is named in the error.
 REQUIRED_FILES = (CONFIG_FILE, TRACES_FILE, RECORDS_FILE)
 
 # The random-pruning control that `stepprune run` adds beside every scorer. Its spec is
-# ``random-control:seed=S``; a user's own ``random`` scorer is *not* a control.
+# ``random-control:seed=S,of=SCORER``: the control of one scorer (it keeps as many steps as that
+# scorer at each threshold), so a folder reused with another --scorer gets another control.
+# Folders written before 0.3 hold ``random-control:seed=S`` (see ``control_owner``). A user's
+# own ``random`` scorer is *not* a control.
 CONTROL_SCORER = "random-control"
+_OF = ",of="
 
 RecordKey = tuple[str, int, str, str]
 
@@ -59,8 +82,35 @@ def is_control(scorer: str) -> bool:
     return scorer == CONTROL_SCORER or scorer.startswith(CONTROL_SCORER + ":")
 
 
-def control_spec(seed: int) -> str:
-    return f"{CONTROL_SCORER}:seed={seed}"
+def control_spec(seed: int, scorer: str) -> str:
+    """The spec of the random control of ``scorer``: ``random-control:seed=S,of=SCORER``."""
+    return f"{CONTROL_SCORER}:seed={seed}{_OF}{scorer}"
+
+
+def controlled_scorer(spec: str) -> str | None:
+    """The scorer a control spec names (``of=``); None for other specs and for controls
+    written before controls named their scorer."""
+    if not is_control(spec) or _OF not in spec:
+        return None
+    return spec.split(_OF, 1)[1]
+
+
+def name_control(spec: str, owner: str) -> str:
+    """A control spec that names its scorer: ``spec`` itself, or (written before 0.3)
+    ``spec`` with ``of=owner`` added."""
+    return spec if controlled_scorer(spec) is not None else f"{spec}{_OF}{owner}"
+
+
+def legacy_owner(records: Iterable[Record]) -> str | None:
+    """The scorer that a control without ``of=`` (written before 0.3) belongs to: the folder's
+    first scorer, i.e. that of its first non-control record. Those versions wrote one control
+    per unit, with the first run's scorer, and reused it for every later --scorer."""
+    return next((r.scorer for r in records if not is_control(r.scorer)), None)
+
+
+def control_owner(spec: str, legacy: str | None) -> str | None:
+    """The scorer that the control ``spec`` controls (``legacy``: see ``legacy_owner``)."""
+    return controlled_scorer(spec) or (legacy if is_control(spec) else None)
 
 
 def threshold_key(threshold: float) -> str:
@@ -165,6 +215,19 @@ def _read_scores(path: Path, repair: bool) -> dict[tuple[str, int, str], list[fl
         except (KeyError, TypeError, ValueError) as error:
             raise RunFolderError(f"{path}: line {number}: not a scores row ({error})") from None
     return scores
+
+
+def adopt_legacy_controls(records: list[Record]) -> list[Record]:
+    """``records`` with each control written before 0.3 (``random-control:seed=S``) named as the
+    control of the folder's first scorer (``legacy_owner``), so that a run of that scorer finds
+    it done and a run of another scorer makes its own. The files are not rewritten."""
+    owner = legacy_owner(records)
+    if owner is None:
+        return records
+    return [
+        replace(r, scorer=name_control(r.scorer, owner)) if is_control(r.scorer) else r
+        for r in records
+    ]
 
 
 # -- reader --------------------------------------------------------------------------------------
@@ -281,6 +344,14 @@ class RunFolder:
         self._identity, self._config = identity, config
         if self.out.exists() and not self.out.is_dir():
             raise RunFolderError(f"--out {self.out}: exists and is not a folder")
+        if self.out.is_dir() and not (self.out / CONFIG_FILE).exists():
+            # A folder of something else (say `--out src`): never write a run into it.
+            other = sorted(p.name for p in self.out.iterdir() if p.name not in RUN_FILES)
+            if other:
+                raise RunFolderError(
+                    f"--out {self.out}: not a run folder (it holds {', '.join(other[:3])}"
+                    f"{', ...' if len(other) > 3 else ''}); use a new or empty folder"
+                )
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             self._lock = (self.out / LOCK_FILE).open("a")
@@ -317,9 +388,14 @@ class RunFolder:
         }
         self.scores = _read_scores(self.out / SCORES_FILE, True)
         self.records: dict[RecordKey, Record] = {}
-        for name in (RECORDS_FILE, CONTROLS_FILE):
-            for record in _parse(self.out / name, True, Record):
-                self.records[record_key(record)] = record
+        for record in adopt_legacy_controls(
+            [
+                r
+                for name in (RECORDS_FILE, CONTROLS_FILE)
+                for r in _parse(self.out / name, True, Record)
+            ]
+        ):
+            self.records[record_key(record)] = record
 
     def write_config(self) -> None:
         """Write config.json. Called once the run has really started (its model loaded), so a

@@ -10,17 +10,54 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
+# JSON types of the annotations used below ("int | None" allows null). bool is an int in
+# Python, so a number field given true/false is refused explicitly.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "list": (list,),
+    "dict": (dict,),
+}
+
+
+def _check_type(cls: type, name: str, annotation: str, value: Any) -> None:
+    """Raise TypeError when a JSON value does not have its field's type."""
+    kinds = [part.strip() for part in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return
+    allowed = tuple(t for k in kinds for t in _JSON_TYPES.get(k.split("[")[0], ()))
+    if not allowed:  # a type this check does not know: leave it to the dataclass
+        return
+    if isinstance(value, bool) and bool not in allowed:
+        allowed = ()
+    if not isinstance(value, allowed):
+        raise TypeError(f"{name} = {value!r} is not {annotation}")
+
 
 class JsonMixin:
-    """``to_json``/``from_json`` for flat dataclasses (nested ones override ``from_json``)."""
+    """``to_json``/``from_json`` for flat dataclasses (nested ones override ``from_json``).
+
+    ``from_json`` ignores unknown keys and checks the JSON type of every known one, so a row
+    written by hand (or by another tool) with a wrong type is refused where it is read, not
+    deep inside a computation.
+    """
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
+    def _from_fields(cls, data: dict[str, Any]) -> Self:
+        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        values = {k: v for k, v in data.items() if k in known}
+        for name, value in values.items():
+            _check_type(cls, name, str(known[name].type), value)
+        return cls(**values)
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls._from_fields(data)
 
 
 @dataclass
@@ -93,9 +130,12 @@ class Trace(JsonMixin):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Trace:
         data = dict(data)
-        data["steps"] = [Step.from_json(s) for s in data.get("steps", [])]
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        if not isinstance(data.get("steps", []), list):
+            raise TypeError(f"steps = {data['steps']!r} is not a list")
+        steps = [Step.from_json(s) for s in data.pop("steps", [])]
+        trace = cls._from_fields(data)
+        trace.steps = steps
+        return trace
 
 
 @dataclass
@@ -145,5 +185,4 @@ class Record(JsonMixin):
     def from_json(cls, data: dict[str, Any]) -> Record:
         if "steps_kept" in data and "num_kept_steps" not in data:  # folders before 0.2
             data = {**data, "num_kept_steps": data["steps_kept"]}
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls._from_fields(data)

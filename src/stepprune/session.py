@@ -100,6 +100,52 @@ class Session:
     def prompt_ids(self, problem: Problem) -> list[int]:
         return self.format.prompt_ids(problem.problem)
 
+    @property
+    def context_limit(self) -> int | None:
+        """The most positions the model takes (``max_position_embeddings``), if it says."""
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return int(limit) if limit else None
+
+    def check_lengths(self, problems: Sequence[Problem], max_new_tokens: int) -> str | None:
+        """Refuse a problem whose trace cannot fit the model's context, before any generation.
+
+        A prompt that leaves no room for one generated token, or a teacher-forced prompt +
+        reasoning + answer longer than the context, raises ValueError naming the problem (such
+        a problem would fail only later, with an allocation error or garbage). A prompt that
+        fits but leaves less than ``max_new_tokens`` is allowed: most traces end long before
+        their budget, and cutting the budget would change the experiment; the returned warning
+        says so (None when everything fits).
+        """
+        limit = self.context_limit
+        if limit is None:
+            return None
+        short: list[tuple[str, int]] = []
+        for problem in problems:
+            prompt = self.prompt_ids(problem)
+            if problem.reasoning is not None:
+                forced, _ = teacher_forced_output(self.format, problem, prompt, self.eos_ids[0])
+                if len(prompt) + len(forced) > limit:
+                    raise ValueError(
+                        f"problem {problem.id!r}: its prompt and reasoning take "
+                        f"{len(prompt) + len(forced)} tokens, more than the model's context of "
+                        f"{limit} tokens"
+                    )
+            elif len(prompt) >= limit:
+                raise ValueError(
+                    f"problem {problem.id!r}: its prompt takes {len(prompt)} tokens, which "
+                    f"leaves no room in the model's context of {limit} tokens"
+                )
+            elif len(prompt) + max_new_tokens > limit:
+                short.append((problem.id, len(prompt)))
+        if not short:
+            return None
+        longest = max(n for _, n in short)
+        return (
+            f"{len(short)} prompt(s) (up to {longest} tokens) + --max-new-tokens "
+            f"{max_new_tokens} exceed the model's context of {limit} tokens: a trace that runs "
+            "past it is generated beyond the positions the model was trained on"
+        )
+
     def traces(
         self,
         units: Sequence[tuple[Problem, int]],
@@ -108,7 +154,12 @@ class Session:
     ) -> list[Trace]:
         """Traces of ``(problem, sample)`` units: generated in one engine call (batched across
         problems and samples, each seeded by ``sample_seed``) or teacher-forced for problems
-        that carry their reasoning; then segmented, scored and graded."""
+        that carry their reasoning; then segmented, scored and graded.
+
+        Raises:
+            ValueError: a problem that cannot fit the model's context (``check_lengths``).
+        """
+        self.check_lengths(list({p.id: p for p, _ in units}.values()), sampling.max_new_tokens)
         generated = [(p, s) for p, s in units if p.reasoning is None]
         outputs = self.engine.sample(
             [self.prompt_ids(p) for p, _ in generated],

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from stepprune.capture import capture_attention
 from stepprune.kvcache import FULL, KVState
@@ -229,6 +229,30 @@ class AttentionScorer:
         if not trace.steps:
             return []
         return self._reduce(self.step_mass(model, trace, fmt))
+
+    @property
+    def needs_model_config(self) -> bool:
+        """Whether ``check_model`` has something to check: explicit layer indices."""
+        return self.layers not in {"all", "first-half", "last-half"}
+
+    def check_model(self, config: PretrainedConfig, cached_only: bool = False) -> None:
+        """Refuse layer indices that the model does not have, before any work.
+
+        Args:
+            config: The model's config (read before loading its weights, or the loaded one's).
+            cached_only: Online mode: ``layers`` indexes the full-attention layers only.
+        """
+        text = config.get_text_config()
+        types = getattr(text, "layer_types", None) or [FULL] * text.num_hidden_layers
+        count = sum(kind == FULL for kind in types) if cached_only else len(types)
+        if self.needs_model_config:
+            bad = [x for x in map(int, self.layers.split("+")) if not 0 <= x < count]
+            if bad:
+                what = f"{count} full-attention layers" if cached_only else f"{count} layers"
+                raise SpecError(
+                    f"--scorer {self.spec}: layers {bad} outside 0..{count - 1} (the model "
+                    f"has {what})"
+                )
 
     def online_problem(self) -> str | None:
         """Why this variant cannot score cached steps during generation (None: it can)."""

@@ -35,6 +35,14 @@ class Scorer(Protocol):
         ...
 
 
+# Optional members of a scorer, looked up with getattr:
+# - ``check_model(config, cached_only=False)``: raise SpecError when the spec does not fit the
+#   model (e.g. a layer index past its last layer); called with the loaded model's config
+#   before any trace is made, and, when ``needs_model_config`` is true, with the config read
+#   from the model's files before the run folder is opened or the weights are loaded.
+# - ``online_problem()`` / ``score_cache(...)``: online mode (see ``modes.online``).
+
+
 SCORERS: Registry[Scorer] = Registry("scorer")
 
 
