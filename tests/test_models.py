@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from stepprune.models import (
     MATH_INSTRUCTION,
     ChatFormat,
     ModelLoadError,
     bundled_gguf_path,
+    check_model_options,
     load_model,
     resolve_model_source,
 )
@@ -73,3 +75,47 @@ def test_bad_dtype_is_refused(tiny_r1_dir: Path) -> None:
 def test_offline_missing_hub_model_is_one_clear_error() -> None:
     with pytest.raises(ModelLoadError, match="no-such-org/no-such-model"):
         load_model("no-such-org/no-such-model", device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("bogus", "--device bogus: expected auto, cpu, cuda, cuda:N or mps"),
+        ("cuda:x", "--device cuda:x: expected"),
+        ("meta", "--device meta: expected"),
+    ],
+)
+def test_bad_device_is_refused_before_loading(device: str, message: str) -> None:
+    with pytest.raises(ModelLoadError) as caught:
+        check_model_options(device)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_refused() -> None:
+    with pytest.raises(ModelLoadError, match="--device cuda:1: CUDA is not available"):
+        check_model_options("cuda:1")
+
+
+def test_model_options_are_checked_without_loading() -> None:
+    assert check_model_options("cpu", "float32") == "cpu"
+    with pytest.raises(ModelLoadError, match="--dtype fp8: expected auto, float32"):
+        check_model_options("cpu", "fp8")
+    with pytest.raises(ModelLoadError, match="--load-in-4bit needs a CUDA device"):
+        check_model_options("cpu", "auto", load_in_4bit=True)
+
+
+@pytest.mark.parametrize("content", [None, "{", "not a gguf"])
+def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path: Path, content: str | None) -> None:
+    if content == "not a gguf":
+        target = tmp_path / "bad.gguf"
+        target.write_text(content)
+    else:
+        target = tmp_path / "model"
+        target.mkdir()
+        if content is not None:
+            (target / "config.json").write_text(content)
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(str(target), device="cpu")
+    message = str(caught.value)
+    assert message.startswith(f"model {str(target)!r} cannot be loaded: ") and "\n" not in message

@@ -361,3 +361,37 @@ def test_dataset_name() -> None:
 def test_missing_data_dir_is_an_error_not_a_hub_fallback(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no such folder"):
         load_problems("aime24", data_dir=tmp_path / "typo")
+
+
+def test_non_utf8_names_the_line_not_a_byte_offset(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    second = {**GOOD, "id": "p2"}
+    path.write_bytes(
+        (json.dumps(GOOD) + "\n" + json.dumps(second) + "\n").encode()
+        + b'{"id": "p3", "problem": "caf\xe9", "answer": "1"}\n'
+    )
+    with pytest.raises(DatasetError) as caught:
+        load_jsonl(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}, line 3: not UTF-8 text (byte 29 of the line is b'\\xe9')")
+    assert "\n" not in message and "position" not in message
+
+
+def test_line_separators_inside_strings_and_a_bom_are_text(tmp_path: Path) -> None:
+    # U+2028 is valid inside a JSON string; str.splitlines() would break the line there.
+    path = tmp_path / "seps.jsonl"
+    first = {**GOOD, "problem": "one\u2028two\x85three"}
+    text = json.dumps(first, ensure_ascii=False) + "\r\n" + json.dumps({**GOOD, "id": "p2"})
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    problems = load_jsonl(path)
+    assert [p.id for p in problems] == ["p1", "p2"]
+    assert problems[0].problem == "one\u2028two\x85three"
+
+
+def test_a_folder_or_an_unreadable_file_is_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "set.jsonl"
+    folder.mkdir()
+    with pytest.raises(DatasetError, match=r"set\.jsonl: is a folder, not a \.jsonl file"):
+        load_problems(str(folder))
+    with pytest.raises(DatasetError, match=r"^/proc/self/mem: cannot read \(Input/output error\)$"):
+        load_jsonl(Path("/proc/self/mem"))

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from stepprune.aggregate import aggregate_rows
-from stepprune.reporting.report import default_report_dir, write_report
+from stepprune.reporting.report import ReportError, default_report_dir, write_report
 from stepprune.runfolder import RunFolderError, load_run
 from tests.run_fixture import ATTENTION, RANDOM, write_run
 
@@ -99,6 +99,31 @@ def test_write_report_refuses_a_non_run_folder(tmp_path: Path) -> None:
         write_report([tmp_path / "empty"], tmp_path / "out", None)
     with pytest.raises(ValueError, match="at least one"):
         write_report([], tmp_path / "out", None)
+
+
+def test_a_report_folder_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "run")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    cases = [
+        (plain, f"report folder {plain}: exists and is not a folder"),
+        (plain / "sub", f"report folder {plain}/sub: {plain} is a file, not a folder"),
+        (Path("/sys/stepprune-report"), "report folder /sys/stepprune-report: cannot write there"),
+    ]
+    for out, message in cases:
+        con, buffer = console()
+        with pytest.raises(ReportError) as caught:
+            write_report([run_dir], out, con, max_importance_plots=0)
+        assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+        assert buffer.getvalue() == ""  # no table printed for a report that was not written
+
+
+def test_tables_and_the_closing_line_go_to_their_consoles(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "run")
+    (out, tables), (err, closing) = console(), console()
+    write_report([run_dir], tmp_path / "report", out, max_importance_plots=0, err=err)
+    assert "pass@1" in tables.getvalue() and "report written" not in tables.getvalue()
+    assert closing.getvalue().startswith("report written to") and "pass@1" not in closing.getvalue()
 
 
 # -- reports read run folders as runfolder.load_run does: never changing them ---------------------

@@ -301,3 +301,31 @@ def test_html_renders_in_headless_chromium_without_console_errors(
     assert "<script" not in dom
     assert dom.count('class="step') == len(STEPS)
     assert 'id="v1" checked' in dom
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("folder", "is a folder"),
+        ("under-a-file", "{tmp}/plain.txt is a file, not a folder"),
+        ("run-file", "is a file of the run folder"),
+        ("sysfs", "cannot write there ("),
+    ],
+)
+def test_html_that_cannot_be_written_fails_before_anything_is_shown(
+    run_dir: Path, tmp_path: Path, where: str, message: str
+) -> None:
+    (tmp_path / "plain.txt").write_text("x")
+    path = {
+        "folder": tmp_path,
+        "under-a-file": tmp_path / "plain.txt" / "page.html",
+        "run-file": run_dir / "records.jsonl",
+        "sysfs": Path("/sys/stepprune-page.html"),
+    }[where]
+    records = (run_dir / "records.jsonl").read_bytes()
+    buffer = io.StringIO()
+    with pytest.raises(ShowError) as caught:
+        show_problem(run_dir, "p1", html_path=path, console=Console(file=buffer))
+    assert str(caught.value).startswith(f"--html {path}: {message.format(tmp=tmp_path)}")
+    assert buffer.getvalue() == ""  # nothing printed before the error
+    assert (run_dir / "records.jsonl").read_bytes() == records

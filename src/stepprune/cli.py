@@ -1,31 +1,58 @@
-"""Command-line interface: ``stepprune run ...``."""
+"""Command-line interface: ``stepprune run ...``.
+
+Every error in the user's input (an option, a file, a run folder) ends the command with one
+line ``error: ...`` on stderr and exit code 2, never a traceback: usage errors of the parser
+(``OneLineErrors``) and the errors the commands raise (``user_errors``) alike.
+
+Heavy modules (torch, transformers) are imported inside the commands, so a usage error or a
+bad run folder is reported at once.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from stepprune.config import DEFAULT_THRESHOLDS, RunConfig
-from stepprune.experiment import run_experiment
-from stepprune.models import ModelLoadError, load_model
+from stepprune.bench import KV_MIN_TOKENS, SCORING_MIN_TOKENS
 from stepprune.problems import DatasetError
 from stepprune.registry import SpecError
 from stepprune.runfolder import RunFolderError
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Attention-guided pruning of reasoning steps in chains of thought.",
-)
+# Exit code of every error in the user's input (the parser's usage errors use it too).
+USER_ERROR_EXIT = 2
+# The --thresholds default (config.DEFAULT_THRESHOLDS; config imports torch, so it is not
+# imported to build the parser).
+DEFAULT_THRESHOLDS_TEXT = "0.0,0.1,0.2,0.3,0.4,0.5"
 
-# Errors that are the user's input, reported as one line with a non-zero exit, no traceback.
-USER_ERRORS = (DatasetError, ModelLoadError, RunFolderError, SpecError, ValueError)
+
+def one_line(text: str) -> str:
+    """A message as one line: its non-empty lines joined."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """Errors in the user's input: bad datasets, specs, run folders, settings (ValueError),
+    models that cannot be loaded, files that cannot be read or written (OSError)."""
+    if isinstance(error, DatasetError | RunFolderError | SpecError | ValueError | OSError):
+        return True
+    # models imports torch: a ModelLoadError can only exist once it has been imported.
+    models = sys.modules.get("stepprune.models")
+    return models is not None and isinstance(error, models.ModelLoadError)
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror}"
+    return one_line(str(error)) or type(error).__name__
 
 
 @contextlib.contextmanager
@@ -33,17 +60,73 @@ def user_errors() -> Iterator[None]:
     """Turn an error in the user's input into one line on stderr and exit code 2."""
     try:
         yield
-    except USER_ERRORS as error:
+    except Exception as error:
+        # A closed pipe (`stepprune show ... | head`) is not an error of the user's input: the
+        # parser's own handling ends the command quietly.
+        if isinstance(error, BrokenPipeError) or not _is_user_error(error):
+            raise
         # Plain echo: a rich console would wrap the message over several lines.
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        typer.echo(f"error: {_message(error)}", err=True)
+        raise typer.Exit(USER_ERROR_EXIT) from None
+
+
+class OneLineErrors(TyperGroup):
+    """The command group, with the parser's usage errors ("No such option", "Invalid value
+    for '--samples'", "Missing option '--problem'") as one line on stderr instead of a usage
+    panel, exit code 2."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except typer.TyperException as error:  # click's ClickException and UsageError
+            # Without arguments a group prints its help (already shown): nothing to add.
+            if type(error).__name__ != "NoArgsIsHelpError":
+                context = getattr(error, "ctx", None)
+                hint = f" (see '{context.command_path} --help')" if context is not None else ""
+                typer.echo(f"error: {one_line(error.format_message())}{hint}", err=True)
+            sys.exit(getattr(error, "exit_code", USER_ERROR_EXIT))
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _parse_thresholds(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected comma-separated numbers") from None
+        raise ValueError(
+            f"--thresholds {text!r}: expected comma-separated numbers such as 0,0.25,0.5"
+        ) from None
+
+
+def _check_at_least(option: str, value: float, minimum: float) -> None:
+    if not value >= minimum:  # also refuses nan, which compares false
+        raise ValueError(f"{option} must be >= {minimum:g}, got {value:g}")
+
+
+def _check_model_options(device: str, dtype: str, load_in_4bit: bool = False) -> None:
+    """Device, dtype and 4-bit settings, checked before anything is read, written or loaded."""
+    from stepprune.models import check_model_options
+
+    check_model_options(device, dtype, load_in_4bit)
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Attention-guided pruning of reasoning steps in chains of thought.",
+)
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print measured ratios.")
@@ -77,7 +160,7 @@ def run(
     samples: Annotated[int, typer.Option(help="Samples (traces) per problem.")] = 1,
     thresholds: Annotated[
         str, typer.Option(help="Pruning thresholds (percentiles as fractions), comma-separated.")
-    ] = ",".join(str(t) for t in DEFAULT_THRESHOLDS),
+    ] = DEFAULT_THRESHOLDS_TEXT,
     max_new_tokens: Annotated[int, typer.Option(help="Token budget of each trace.")] = 32768,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.6,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 0.95,
@@ -141,13 +224,16 @@ def run(
     The results table goes to stdout; progress, warnings and the closing line to stderr."""
     console = Console(stderr=True)
     with user_errors():
+        parsed_thresholds = _parse_thresholds(thresholds)
+        from stepprune.config import RunConfig
+
         config = RunConfig(
             model=model,
             dataset=dataset,
             data_dir=str(data_dir) if data_dir else None,
             limit=limit,
             samples=samples,
-            thresholds=_parse_thresholds(thresholds),
+            thresholds=parsed_thresholds,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
@@ -167,6 +253,9 @@ def run(
             answer_max_tokens=answer_max_tokens,
             out=str(out) if out else None,
         )
+        _check_model_options(device, dtype, load_in_4bit)
+        from stepprune.experiment import run_experiment  # torch, transformers: after the checks
+
         summary, folder = run_experiment(config, console, Console())
     base = summary["thresholds"].get("0.0") or next(iter(summary["thresholds"].values()))
     truncation = summary.get("truncation_rate")
@@ -180,11 +269,38 @@ def run(
     )
 
 
-def _print_json_or_table(data: object, as_json: bool, console: Console) -> None:
+def _load_model(model: str, device: str, dtype: str) -> tuple[Any, Any]:
+    """The bench commands' model, its options checked first."""
+    _check_model_options(device, dtype)
+    from stepprune.models import load_model
+
+    return load_model(model, device, dtype)
+
+
+def _scorer_specs(text: str | None) -> list[str] | None:
+    """``--scorers`` as spec strings (None: every built-in variant), each checked now, before
+    the model is loaded; options that need the model (``layers=99``) are checked on use."""
+    if text is None:
+        return None
+    specs = [s.strip() for s in text.split(";") if s.strip()]
+    if not specs:
+        raise ValueError(f"--scorers {text!r}: give at least one scorer spec")
+    from stepprune.scorers import SCORERS
+
+    for spec in specs:
+        try:
+            SCORERS.build(spec)
+        except SpecError as error:
+            raise SpecError(f"--scorers: {error}") from None
+    return specs
+
+
+def _print_json_or_table(data: object, as_json: bool) -> None:
+    """A benchmark's result on stdout: plain JSON, or JSON highlighted for a terminal."""
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:
-        console.print_json(json.dumps(data))
+        Console().print_json(json.dumps(data))
 
 
 @bench_app.command("scoring")
@@ -200,13 +316,15 @@ def bench_scoring(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Exactness, time and peak memory of attention scoring vs a plain forward and eager."""
-    from stepprune.bench.scoring import run_scoring_bench
-
-    console = Console(stderr=True)
     with user_errors():
-        loaded, tokenizer = load_model(model, device, dtype)
+        _check_at_least("--tokens", tokens, SCORING_MIN_TOKENS)
+        _check_at_least("--repeats", repeats, 1)
+        _check_at_least("--eager-limit-gb", eager_limit_gb, 0)
+        loaded, tokenizer = _load_model(model, device, dtype)
+        from stepprune.bench.scoring import run_scoring_bench
+
         result = run_scoring_bench(loaded, tokenizer, tokens, repeats, eager_limit_gb)
-    _print_json_or_table(result.to_json(), as_json, console)
+    _print_json_or_table(result.to_json(), as_json)
 
 
 @bench_app.command("kv")
@@ -218,13 +336,13 @@ def bench_kv(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """kv vs text re-evaluation time, online peak cache at a 50% budget, decode speed, exactness."""
-    from stepprune.bench.kv import run_kv_bench
-
-    console = Console(stderr=True)
     with user_errors():
-        loaded, tokenizer = load_model(model, device, dtype)
+        _check_at_least("--tokens", tokens, KV_MIN_TOKENS)
+        loaded, tokenizer = _load_model(model, device, dtype)
+        from stepprune.bench.kv import run_kv_bench
+
         result = run_kv_bench(loaded, tokenizer, tokens)
-    _print_json_or_table(result.to_json(), as_json, console)
+    _print_json_or_table(result.to_json(), as_json)
 
 
 @app.command()
@@ -234,13 +352,14 @@ def report(
         Path | None, typer.Option(help="Report folder (default RUN_DIR/report).")
     ] = None,
 ) -> None:
-    """Tables (Markdown, terminal, JSON) and plots for one run or several side by side."""
+    """Tables (Markdown, terminal, JSON) and plots for one run or several side by side.
+
+    The tables go to stdout; the list of files written to stderr."""
     from stepprune.reporting.report import default_report_dir, write_report
 
-    console = Console(stderr=True)
     with user_errors():
         folder = out or default_report_dir(run_dirs)
-        write_report(run_dirs, folder, console)
+        write_report(run_dirs, folder, Console(), err=Console(stderr=True))
 
 
 @app.command()
@@ -279,12 +398,13 @@ def bench_scorers(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Planted-step ground truth: AUROC (95% CI), answer recovery and lift of every scorer."""
-    from stepprune.bench.scorers import results_table_markdown, run_scorer_benchmark
-
     console = Console(stderr=True)
-    specs = [s.strip() for s in scorers.split(";") if s.strip()] if scorers else None
     with user_errors():
-        loaded, tokenizer = load_model(model, device, dtype)
+        _check_at_least("--problems", problems, 1)
+        specs = _scorer_specs(scorers)
+        loaded, tokenizer = _load_model(model, device, dtype)
+        from stepprune.bench.scorers import results_table_markdown, run_scorer_benchmark
+
         results = run_scorer_benchmark(
             loaded, tokenizer, specs, n_problems=problems, seed=seed, console=console
         )

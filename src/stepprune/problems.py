@@ -158,15 +158,26 @@ def load_jsonl(path: Path) -> list[Problem]:
             occurs twice.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a folder, not a .jsonl file")
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from None
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read ({error.strerror or error})") from None
     problems: list[Problem] = []
     first_line: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split at "\n" only: JSON strings may hold U+2028 and other characters that
+    # str.splitlines() would split at. Each line is decoded alone, so an error names its line.
+    for number, raw_line in enumerate(raw.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DatasetError(
+                f"{path}, line {number}: not UTF-8 text (byte {error.start + 1} of the line is "
+                f"{raw_line[error.start : error.start + 1]!r}); save the file as UTF-8"
+            ) from None
         if not line.strip():
             continue
         where = f"{path}, line {number}"

@@ -59,5 +59,9 @@ class Registry(Generic[T]):
             raise SpecError(f"unknown {self.kind} {name!r}; choose from {', '.join(self.names)}")
         try:
             return self._factories[name](**options)
-        except TypeError as error:
+        except SpecError:
+            raise
+        except (TypeError, ValueError) as error:
+            # An unknown option (TypeError) or a value the strategy cannot take (int("abc")):
+            # the message names the spec, whatever the strategy's own message says.
             raise SpecError(f"{self.kind} {spec!r}: {error}") from None

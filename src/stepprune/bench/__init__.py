@@ -10,3 +10,8 @@
 Each benchmark builds what it measures from the pipeline's own pieces (session, scorers,
 policies, modes, KV cache), so it measures what ``stepprune run`` does.
 """
+
+# The shortest sequence each benchmark accepts (here, so the command line checks --tokens
+# before it imports torch).
+SCORING_MIN_TOKENS = 64
+KV_MIN_TOKENS = 128

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from stepprune.bench import KV_MIN_TOKENS
 from stepprune.bench.common import seconds, synthetic_trace
 from stepprune.context import closing_ids, text_context
 from stepprune.decoding import Continuation, SamplingConfig, StopRule
@@ -147,8 +148,8 @@ def run_kv_bench(
     decode_tokens: int = 32,
 ) -> KVBench:
     """Measure on a ``tokens``-long planted-text trace (``bench.common.synthetic_trace``)."""
-    if tokens < 128:
-        raise ValueError(f"--tokens must be >= 128, got {tokens}")
+    if tokens < KV_MIN_TOKENS:
+        raise ValueError(f"--tokens must be >= {KV_MIN_TOKENS}, got {tokens}")
     session = Session(model, tokenizer, scorer=ONLINE_SCORER, policy="percentile")
     device = model.device
     trace = synthetic_trace(tokenizer, tokens)

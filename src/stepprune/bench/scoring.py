@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from stepprune.bench import SCORING_MIN_TOKENS
 from stepprune.bench.common import paired_seconds, peak_mb, seconds, synthetic_trace
 from stepprune.scorers.attention import key_buckets, step_attention_mass
 
@@ -48,8 +49,8 @@ def run_scoring_bench(
 ) -> ScoringBench:
     """Measure last-token step scoring (the default attention scorer) at ``tokens`` tokens, on
     ``bench.common.synthetic_trace``."""
-    if tokens < 64:
-        raise ValueError(f"--tokens must be >= 64, got {tokens}")
+    if tokens < SCORING_MIN_TOKENS:
+        raise ValueError(f"--tokens must be >= {SCORING_MIN_TOKENS}, got {tokens}")
     device = model.device
     trace = synthetic_trace(tokenizer, tokens)
     ids = trace.all_ids

@@ -8,3 +8,14 @@
 
 The numbers come from ``stepprune.aggregate``; nothing here computes a statistic.
 """
+
+from pathlib import Path
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The existing file among the parents of ``path`` (``a.txt`` for ``a.txt/b/c.html``), which
+    keeps ``path`` from being created; None when there is none."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None

@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from stepprune.aggregate import Bootstrap, build_report
+from stepprune.reporting import file_in_the_way
 from stepprune.reporting.plots import (
     accuracy_figure,
     importance_figure,
@@ -38,6 +39,10 @@ ACCURACY_PNG = "accuracy_vs_kept.png"
 TOKENS_PNG = "tokens_saved.png"
 IMPORTANCE_DIR = "importance"
 DEFAULT_MAX_IMPORTANCE_PLOTS = 10
+
+
+class ReportError(ValueError):
+    """The report folder cannot be written (one-line message naming it)."""
 
 
 def slug(text: str) -> str:
@@ -73,6 +78,7 @@ def write_report(
     seed: int = 0,
     level: float = DEFAULT_LEVEL,
     max_importance_plots: int = DEFAULT_MAX_IMPORTANCE_PLOTS,
+    err: Console | None = None,
 ) -> dict[str, Any]:
     """Read run folders and write ``report.md``, ``report.json`` and the plots to ``out_dir``.
 
@@ -80,15 +86,19 @@ def write_report(
         run_dirs: One or more run folders written by ``stepprune run``; several are compared
             side by side (one table, one line per run and scorer in the plots).
         out_dir: Created if needed; files in it are overwritten.
-        console: Where to print the tables and the list of files; None prints nothing.
+        console: Where to print the tables (stdout in ``stepprune report``); None prints
+            nothing.
         n_resamples, seed, level: Bootstrap settings of every interval.
         max_importance_plots: Step-importance plots per run (``importance/<run>/...png``).
+        err: Where to print the closing list of files written (stderr in ``stepprune
+            report``); default ``console``.
 
     Returns:
         The report dict (the contents of ``report.json``) with ``files``: the paths written.
 
     Raises:
         RunFolderError: a folder is not a run folder (the message names the missing file).
+        ReportError: ``out_dir`` is a file, or cannot be created or written.
         ValueError: no run folders given.
     """
     if not run_dirs:
@@ -96,8 +106,35 @@ def write_report(
     runs = [load_run(Path(d)) for d in run_dirs]
     report = build_report(runs, Bootstrap(n_resamples, seed, level))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"report folder {out_dir}: exists and is not a folder")
+    blocking = file_in_the_way(out_dir)
+    if blocking is not None:
+        raise ReportError(f"report folder {out_dir}: {blocking} is a file, not a folder")
+    try:
+        _write_files(report, runs, out_dir, max_importance_plots)
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        raise ReportError(
+            f"report folder {out_dir}: cannot write there ({where}{error.strerror or error})"
+        ) from None
+    if console is not None:
+        print_report(report, console)
+    closing = err or console
+    if closing is not None:
+        closing.print(
+            f"report written to {out_dir}/: {', '.join(Path(f).name for f in report['files'])}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return report
 
+
+def _write_files(
+    report: dict[str, Any], runs: Sequence[Run], out_dir: Path, max_importance_plots: int
+) -> None:
+    """Write report.md, report.json and the plots; ``report["files"]`` lists them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     files = [
         save_figure(accuracy_figure(report), out_dir / ACCURACY_PNG),
         save_figure(tokens_saved_figure(report), out_dir / TOKENS_PNG),
@@ -115,11 +152,3 @@ def write_report(
     files += [out_dir / REPORT_MD, out_dir / REPORT_JSON]
     report["files"] = [str(f) for f in files]
     (out_dir / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if console is not None:
-        print_report(report, console)
-        console.print(
-            f"report written to {out_dir}/: {', '.join(f.name for f in files)}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    return report

@@ -20,6 +20,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from stepprune.reporting import file_in_the_way
 from stepprune.reporting.html_page import (
     default_view,
     importance_levels,
@@ -27,8 +28,24 @@ from stepprune.reporting.html_page import (
     render_html,
     shade,
 )
-from stepprune.runfolder import Run, load_run, threshold_key
+from stepprune.runfolder import (
+    CONFIG_FILE,
+    CONTROLS_FILE,
+    RECORDS_FILE,
+    RESULTS_FILE,
+    SCORES_FILE,
+    SUMMARY_FILE,
+    TRACES_FILE,
+    Run,
+    load_run,
+    threshold_key,
+)
 from stepprune.schema import Record, Trace
+
+# What `stepprune run` writes (and reads back): never overwritten by an HTML page.
+RUN_FILES = frozenset(
+    {CONFIG_FILE, TRACES_FILE, RECORDS_FILE, CONTROLS_FILE, SCORES_FILE, SUMMARY_FILE, RESULTS_FILE}
+)
 
 
 class ShowError(ValueError):
@@ -200,6 +217,10 @@ def show_problem(
     selected = records[view] if view >= 0 else None
 
     text = problem_text(run, trace)
+    # The page is written first: a path that cannot be written fails before anything is shown.
+    path = None if html_path is None else Path(html_path)
+    if path is not None:
+        write_html(path, render_html(trace, records, text, threshold=threshold))
     console.print(f"[bold]{problem_id}[/bold] (sample {sample}) from {run.path}", highlight=False)
     if text:
         console.print(Text(text), style="italic")
@@ -219,10 +240,29 @@ def show_problem(
         f"original answer (before pruning): {trace.original_prediction!s} ({verdict})",
         highlight=False,
     )
-    if html_path is None:
-        return None
-    path = Path(html_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(trace, records, text, threshold=threshold), encoding="utf-8")
-    console.print(f"HTML written to {path}", highlight=False)
+    if path is not None:
+        console.print(f"HTML written to {path}", highlight=False)
     return path
+
+
+def write_html(path: Path, page: str) -> None:
+    """Write ``page`` to ``path`` (parent folders are created).
+
+    Raises:
+        ShowError: ``path`` is a folder, a file of a run folder (the page would destroy it),
+            or cannot be written; the message names it.
+    """
+    if path.is_dir():
+        raise ShowError(f"--html {path}: is a folder; give a file name such as {path}/page.html")
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise ShowError(f"--html {path}: {blocking} is a file, not a folder")
+    if path.name in RUN_FILES and (path.parent / CONFIG_FILE).is_file():
+        raise ShowError(
+            f"--html {path}: is a file of the run folder {path.parent}; not overwritten"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise ShowError(f"--html {path}: cannot write there ({error.strerror or error})") from None
