@@ -1,0 +1,82 @@
+"""The run folder: its file names, keys, the one writer and the one reader.
+
+Layout of ``--out``::
+
+    config.json      every setting, library versions, and the identity that must match to resume
+    traces.jsonl     one line per problem x sample (prompt/output ids, steps, importances)
+    scores.jsonl     importances of the traces under other scorers (traces are reused)
+    records.jsonl    one line per problem x sample x threshold x scorer
+    controls.jsonl   the same for the random-pruning control (kept apart, so records.jsonl
+                     holds exactly problems x samples x thresholds for each scorer)
+    summary.json, results.md, importance.png   written at the end of every run
+    .lock            held (flock) while a run writes the folder
+
+Lines are appended, flushed and fsynced one unit at a time. A run killed mid-write leaves at
+most one partial last line: the writer cuts it when it opens the folder, the reader skips it.
+
+``RunFolder`` is the writer (``stepprune run``); ``load_run`` the read-only reader (reports,
+``show``). Both use the same keys: ``threshold_key`` and ``record_key``; ``is_control`` is the
+one rule for what is a random-control record, ``control_owner`` the one rule for which scorer
+a control record controls.
+"""
+
+from stepprune.runfolder.jsonl import read_jsonl, write_atomic
+from stepprune.runfolder.names import (
+    CONFIG_FILE,
+    CONTROL_SCORER,
+    CONTROLS_FILE,
+    IMPORTANCE_PLOT,
+    LOCK_FILE,
+    RECORDS_FILE,
+    REQUIRED_FILES,
+    RESULTS_FILE,
+    RUN_FILES,
+    SCORES_FILE,
+    SUMMARY_FILE,
+    TRACES_FILE,
+    RecordKey,
+    RunFolderError,
+    control_owner,
+    control_spec,
+    controlled_scorer,
+    is_control,
+    legacy_owner,
+    name_control,
+    record_key,
+    records_file,
+    threshold_key,
+)
+from stepprune.runfolder.reader import Run, adopt_legacy_controls, load_run
+from stepprune.runfolder.writer import RunFolder
+
+__all__ = [
+    "CONFIG_FILE",
+    "CONTROL_SCORER",
+    "CONTROLS_FILE",
+    "IMPORTANCE_PLOT",
+    "LOCK_FILE",
+    "RECORDS_FILE",
+    "REQUIRED_FILES",
+    "RESULTS_FILE",
+    "RUN_FILES",
+    "SCORES_FILE",
+    "SUMMARY_FILE",
+    "TRACES_FILE",
+    "RecordKey",
+    "Run",
+    "RunFolder",
+    "RunFolderError",
+    "adopt_legacy_controls",
+    "control_owner",
+    "control_spec",
+    "controlled_scorer",
+    "is_control",
+    "legacy_owner",
+    "load_run",
+    "name_control",
+    "read_jsonl",
+    "record_key",
+    "records_file",
+    "threshold_key",
+    "write_atomic",
+]

@@ -1,0 +1,95 @@
+"""Reading and writing the folder's files: JSONL rows with their line numbers (torn last lines
+cut or skipped), typed rows, JSON objects, atomic replacement."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from stepprune.runfolder.names import RunFolderError
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` without ever leaving a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path, repair: bool = False) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` of a JSONL file.
+
+    A last line without its newline is a write cut by a kill: skipped if it is not valid JSON.
+    With ``repair`` such a line is cut away, and a valid one gets its newline, so that later
+    appends stay one row per line.
+
+    Raises:
+        RunFolderError: a complete line that is not a JSON object, or bytes that are not UTF-8
+            (the message names file and line).
+    """
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    complete = raw.endswith(b"\n") or not raw
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        last = number == len(lines) and not complete
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RunFolderError(f"{path}: line {number}: not UTF-8 text") from None
+        except json.JSONDecodeError as error:
+            if not last:
+                raise RunFolderError(f"{path}: line {number}: invalid JSON ({error.msg})") from None
+            if repair:
+                with path.open("r+b") as handle:
+                    handle.truncate(len(raw) - len(line))
+            continue
+        if not isinstance(row, dict):
+            raise RunFolderError(f"{path}: line {number}: expected a JSON object")
+        if last and repair:
+            with path.open("ab") as handle:
+                handle.write(b"\n")
+        rows.append((number, row))
+    return rows
+
+
+def _parse(path: Path, repair: bool, cls: type[Any]) -> list[Any]:
+    """Rows of ``path`` as ``cls`` (Trace or Record); a row that is not one names its line."""
+    items = []
+    for number, row in read_jsonl(path, repair):
+        try:
+            items.append(cls.from_json(row))
+        except (TypeError, KeyError, ValueError, AttributeError) as error:
+            raise RunFolderError(
+                f"{path}: line {number}: not a {cls.__name__.lower()} ({error})"
+            ) from None
+    return items
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RunFolderError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise RunFolderError(f"{path}: invalid JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_scores(path: Path, repair: bool) -> dict[tuple[str, int, str], list[float]]:
+    scores = {}
+    for number, row in read_jsonl(path, repair):
+        try:
+            key = (str(row["problem_id"]), int(row["sample"]), str(row["scorer"]))
+            scores[key] = [float(x) for x in row["importances"]]
+        except (KeyError, TypeError, ValueError) as error:
+            raise RunFolderError(f"{path}: line {number}: not a scores row ({error})") from None
+    return scores

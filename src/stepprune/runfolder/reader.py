@@ -1,0 +1,131 @@
+"""The read-only reader of a run folder (reports, ``show``): ``load_run`` -> ``Run``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from stepprune.runfolder.jsonl import _parse, _read_json, _read_scores
+from stepprune.runfolder.names import (
+    CONFIG_FILE,
+    CONTROLS_FILE,
+    RECORDS_FILE,
+    REQUIRED_FILES,
+    SCORES_FILE,
+    SUMMARY_FILE,
+    TRACES_FILE,
+    RecordKey,
+    RunFolderError,
+    is_control,
+    legacy_owner,
+    name_control,
+    record_key,
+)
+from stepprune.schema import Record, Trace
+
+
+def adopt_legacy_controls(records: list[Record]) -> list[Record]:
+    """``records`` with each control written before 0.3 (``random-control:seed=S``) named as the
+    control of the folder's first scorer (``legacy_owner``), so that a run of that scorer finds
+    it done and a run of another scorer makes its own. The files are not rewritten."""
+    owner = legacy_owner(records)
+    if owner is None:
+        return records
+    return [
+        replace(r, scorer=name_control(r.scorer, owner)) if is_control(r.scorer) else r
+        for r in records
+    ]
+
+
+@dataclass
+class Run:
+    """The contents of one run folder, read-only.
+
+    ``config`` is ``config.json`` (keys ``config``, ``environment``, ``identity``); ``settings``
+    its ``config`` part (the top level for hand-written folders). ``summary`` is None for a run
+    that has not finished: reports are computed from ``records``.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    traces: list[Trace]
+    records: list[Record]
+    summary: dict[str, Any] | None = None
+    scores: dict[tuple[str, int, str], list[float]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        inner = self.config.get("config")
+        self.settings = inner if isinstance(inner, dict) else self.config
+
+    @property
+    def model(self) -> str:
+        return str(self.settings.get("model", "?"))
+
+    @property
+    def dataset(self) -> str:
+        return str(self.settings.get("dataset", "?"))
+
+    @property
+    def scorer(self) -> str:
+        """The run's scorer spec: the first non-control record's, else the config's."""
+        for record in self.records:
+            if not is_control(record.scorer):
+                return record.scorer
+        if self.settings.get("scorer"):
+            return str(self.settings["scorer"])
+        return next((t.scorer for t in self.traces if t.scorer), "?")
+
+    @property
+    def mode(self) -> str:
+        if self.settings.get("mode"):
+            return str(self.settings["mode"])
+        return self.records[0].mode if self.records else "?"
+
+    def trace(self, problem_id: str, sample: int = 0) -> Trace | None:
+        """The trace of ``problem_id`` / ``sample``; None when the run has none."""
+        for trace in self.traces:
+            if trace.problem_id == problem_id and trace.sample == sample:
+                return trace
+        return None
+
+    @property
+    def problem_ids(self) -> list[str]:
+        """Problem ids in run order (first appearance in traces, then in records)."""
+        seen = dict.fromkeys(t.problem_id for t in self.traces)
+        seen.update(dict.fromkeys(r.problem_id for r in self.records))
+        return list(seen)
+
+
+def load_run(path: Path | str) -> Run:
+    """Read a run folder written by ``stepprune run`` (finished or not), changing nothing.
+
+    Duplicate lines (the same trace or record appended twice) keep the last one, as the writer
+    does, so a report never counts a unit twice.
+
+    Raises:
+        RunFolderError: ``path`` is missing, not a folder, lacks one of ``config.json``,
+            ``traces.jsonl``, ``records.jsonl`` (the message names it), or holds a corrupted file.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise RunFolderError(f"{folder}: no such run folder")
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder} is not a run folder (it is a file)")
+    for name in REQUIRED_FILES:
+        if not (folder / name).is_file():
+            raise RunFolderError(
+                f"{folder} is not a run folder: {name} is missing "
+                f"(a run folder holds {', '.join(REQUIRED_FILES)}, written by `stepprune run`)"
+            )
+    config = _read_json(folder / CONFIG_FILE)
+    traces = {(t.problem_id, t.sample): t for t in _parse(folder / TRACES_FILE, False, Trace)}
+    records: dict[RecordKey, Record] = {}
+    for name in (RECORDS_FILE, CONTROLS_FILE):  # controls.jsonl is optional
+        for record in _parse(folder / name, False, Record):
+            records[record_key(record)] = record
+    summary_path = folder / SUMMARY_FILE
+    summary = _read_json(summary_path) if summary_path.is_file() else None
+    scores = _read_scores(folder / SCORES_FILE, False)
+    return Run(folder, config, list(traces.values()), list(records.values()), summary, scores)
