@@ -45,7 +45,10 @@ def _is_user_error(error: BaseException) -> bool:
         return True
     # models imports torch: a ModelLoadError can only exist once it has been imported.
     models = sys.modules.get("stepprune.models")
-    return models is not None and isinstance(error, models.ModelLoadError)
+    grading = sys.modules.get("stepprune.grading")
+    return (models is not None and isinstance(error, models.ModelLoadError)) or (
+        grading is not None and isinstance(error, grading.GradingError)
+    )
 
 
 def _message(error: BaseException) -> str:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -37,6 +38,11 @@ from typing import Any, Self
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 logger = logging.getLogger(__name__)
+
+
+class GradingError(RuntimeError):
+    """Grading cannot work at all (its worker process cannot start)."""
+
 
 # Gold answers are bare answers ("34", "\left( 3, \frac{\pi}{2} \right)"), so everything in them
 # is the answer: extract without anchors. Checked: every gold of the bundled MATH-500, AIME 24/25,
@@ -262,6 +268,15 @@ class Grader:
             try:
                 # Wait for the worker here so that its start-up is not charged to an answer.
                 started.result(timeout=_STARTUP_TIMEOUT_S)
+            except BrokenProcessPool:
+                with suppress(Exception):
+                    _kill_pool(pool)
+                # Grading every answer "incorrect" would be a silent wrong result: stop instead.
+                raise GradingError(
+                    "the grading worker died while starting; if you call stepprune from a "
+                    'script, put the call under `if __name__ == "__main__":` (the worker '
+                    "process imports your script again)"
+                ) from None
             except BaseException:
                 # The original error (a Ctrl-C included) goes on, whatever the clean-up raises.
                 with suppress(Exception):
@@ -285,6 +300,8 @@ class Grader:
         try:
             future = self._ensure_pool().submit(self._worker, gold, answer_text, self._mv_timeout_s)
             grade = future.result(timeout=self.timeout_s)
+        except GradingError:
+            raise
         except TimeoutError:
             if future is None:
                 logger.warning("grading timed out (worker start-up); restarting the worker")
