@@ -155,3 +155,29 @@ def test_thresholds_compound_and_budget_generates_once(setup, monkeypatch) -> No
     assert len(calls) == 1  # --budget ignores the threshold: one generation serves them all
     assert len({tuple(o.keep) for o in budget}) == 1 and len(budget) == 3
     assert not all(budget[0].keep)  # the budget is below the cache: steps were evicted
+
+
+def test_generated_answer_of_a_plain_model_is_graded_as_written(qwen25_tokenizer, monkeypatch):
+    # A non-thinking model's online trace: its answer is the paragraph that writes \boxed, in
+    # full, and it is graded as the model wrote it (no cue was shown to it, none is prepended).
+    from stepprune.grading import Grader
+    from stepprune.modes import to_record
+    from stepprune.modes.online import OnlineMode, OnlineResult
+    from stepprune.schema import Problem
+
+    model = tiny_model("qwen2", eos_token_id=151645)
+    eos = 151645
+    problem = Problem(id="g", problem="What is 6 * 7?", answer="42")
+    with Grader() as grader:
+        session = Session(model, qwen25_tokenizer, scorer="length", grader=grader)
+        prompt = session.prompt_ids(problem)
+        output = session.format.encode("6 * 7 = 42.\n\nSo the answer is \\boxed{42}") + [eos]
+        trace = session.finish_trace(problem, 0, prompt, output)
+        result = OnlineResult(output, len(prompt) + 5, 10, 10, 10)
+        monkeypatch.setattr(OnlinePruner, "run", lambda self, *a, **k: result)
+        mode = OnlineMode(answer_max_tokens=4)
+        [outcome] = mode.evaluate(session, problem, trace, [Pruning("length", 0.0)])
+        record = to_record(session, mode, problem, trace, outcome)
+    assert record.answer_text == "So the answer is \\boxed{42}"
+    assert record.correct and record.prediction == "42"
+    assert record.online["steps"] == [[s.start, s.end] for s in outcome.steps]

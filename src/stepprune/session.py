@@ -229,11 +229,10 @@ class Session:
         """The policy's keep mask at each threshold."""
         return [tuple(self.policy.keep(importances, t)) for t in thresholds]
 
-    def answer_text(self, answer_ids: Sequence[int]) -> str:
-        """An answer as graded: the cue text it continues, then its decoded ids."""
-        return self.format.answer_cue_text() + self.tokenizer.decode(
-            list(answer_ids), skip_special_tokens=True
-        )
+    def answer_text(self, answer_ids: Sequence[int], after_cue: bool = True) -> str:
+        """An answer as graded: the cue text it continues (``after_cue``), then its ids."""
+        text = self.tokenizer.decode(list(answer_ids), skip_special_tokens=True)
+        return self.format.answer_cue_text() + text if after_cue else text
 
     def grade(self, problem: Problem, text: str) -> Grade:
         if self.grader is None:

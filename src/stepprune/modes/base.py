@@ -21,6 +21,7 @@ from stepprune.registry import Registry
 from stepprune.schema import Problem, Record, Step, Trace
 
 if TYPE_CHECKING:
+    from stepprune.config import RunConfig
     from stepprune.session import Session
 
 
@@ -48,6 +49,9 @@ class Outcome:
     answer: Continuation
     context_tokens: int
     details: dict[str, Any] = field(default_factory=dict)
+    # Whether the answer continues the end-of-reasoning cue (text, kv, teacher-forced online);
+    # an online-generated trace's answer is the model's own, written without it.
+    after_cue: bool = True
 
 
 class Mode(ABC):
@@ -60,6 +64,11 @@ class Mode(ABC):
     @property
     def spec(self) -> str:
         return self.name
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: RunConfig) -> Mode:
+        """The mode with the run's settings (the only place a mode reads the config)."""
 
     def check(self, scorer: object) -> None:
         """Raise ValueError when this mode cannot run with ``scorer`` (before any loading).
@@ -87,7 +96,7 @@ def to_record(
 ) -> Record:
     """Grade an outcome and describe it as a record."""
     kept = [s for s, k in zip(outcome.steps, outcome.keep, strict=True) if k]
-    text = session.answer_text(outcome.answer.content_ids)
+    text = session.answer_text(outcome.answer.content_ids, after_cue=outcome.after_cue)
     grade = session.grade(problem, text)
     return Record(
         problem_id=trace.problem_id,

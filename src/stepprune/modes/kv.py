@@ -15,29 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
 
 from stepprune.context import closing_ids, kept_positions
-from stepprune.decoding import LENGTH, Continuation, StopRule
-from stepprune.kvcache import POSITION_SCHEMES, KVState, prefill
+from stepprune.decoding import StopRule
+from stepprune.kvcache import POSITION_SCHEMES, decode_greedy, prefill
 from stepprune.modes.base import MODES, Mode, Outcome, Pruning, unique_masks
 from stepprune.schema import Problem, Trace
-
-
-@torch.inference_mode()
-def decode_greedy(
-    model: PreTrainedModel, state: KVState, cue: list[int], max_new_tokens: int, rule: StopRule
-) -> Continuation:
-    """Append ``cue`` to the cache and decode greedily until ``rule`` stops or the budget ends."""
-    logits = state.forward(model, cue)[-1]
-    ids: list[int] = []
-    for _ in range(max_new_tokens):
-        ids.append(int(torch.argmax(logits)))
-        stop = rule.stop(ids)
-        if stop is not None:
-            return Continuation(ids, stop)
-        logits = state.forward(model, [ids[-1]])[-1]
-    return Continuation(ids, LENGTH)
 
 
 def kept_entries(trace: Trace, keep: Sequence[bool]) -> torch.Tensor:
@@ -56,6 +39,10 @@ class KVMode(Mode):
     answer_max_tokens: int = 512
     positions: str = "original"
     name = "kv"
+
+    @classmethod
+    def from_config(cls, config) -> KVMode:
+        return cls(answer_max_tokens=config.answer_max_tokens, positions=config.positions)
 
     def __post_init__(self) -> None:
         if self.positions not in POSITION_SCHEMES:

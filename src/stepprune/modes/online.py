@@ -23,11 +23,11 @@ import torch
 
 from stepprune.context import cue_after
 from stepprune.decoding import EOS, LENGTH, Continuation, RowSampler, SamplingConfig, StopRule
-from stepprune.kvcache import FULL, KVState, prefill
+from stepprune.kvcache import FULL, KVState, decode_greedy, prefill
 from stepprune.modes.base import MODES, Mode, Outcome, Pruning
-from stepprune.modes.kv import decode_greedy
 from stepprune.policies import PruningPolicy
 from stepprune.schema import Problem, Step, Trace
+from stepprune.session import sample_seed
 from stepprune.steps import BlockBreakWatcher, block_breaks
 
 if TYPE_CHECKING:
@@ -254,6 +254,16 @@ class OnlineMode(Mode):
     name = "online"
     decides_online = True
 
+    @classmethod
+    def from_config(cls, config) -> OnlineMode:
+        return cls(
+            sampling=config.sampling(),
+            seed=config.seed,
+            answer_max_tokens=config.answer_max_tokens,
+            budget=config.budget,
+            interval=config.interval,
+        )
+
     def __post_init__(self) -> None:
         if self.interval < 0:
             raise ValueError(f"--interval must be >= 0, got {self.interval}")
@@ -272,7 +282,6 @@ class OnlineMode(Mode):
             )
 
     def evaluate(self, session, problem: Problem, trace: Trace, prunings: Sequence[Pruning]):
-        from stepprune.session import sample_seed  # the session module imports the modes
 
         runs: dict[float | None, tuple] = {}
         outcomes = []
@@ -285,7 +294,9 @@ class OnlineMode(Mode):
                 seed = sample_seed(self.seed, problem.id, trace.sample)
                 runs[key] = self._run(OnlinePruner(session, config), session, problem, trace, seed)
             steps, keep, answer, context_tokens, details = runs[key]
-            outcomes.append(Outcome(p, steps, keep, answer, context_tokens, details))
+            outcome = Outcome(p, steps, keep, answer, context_tokens, details)
+            outcome.after_cue = trace.teacher_forced  # a generated answer follows no cue
+            outcomes.append(outcome)
         return outcomes
 
     def _run(self, pruner: OnlinePruner, session, problem: Problem, trace: Trace, seed: int):
@@ -301,7 +312,10 @@ class OnlineMode(Mode):
                 problem, trace.sample, prompt, result.output_ids, score=False
             )
             steps = online.steps
-            ids = online.all_ids[online.reasoning_end + 1 :] if online.finished_reasoning else []
+            # The answer section: after </think> (thinking models), or from the paragraph that
+            # writes \boxed (others, where reasoning_end is that paragraph's first token).
+            answer_from = online.reasoning_end + (1 if session.format.is_thinking else 0)
+            ids = online.all_ids[answer_from:] if online.finished_reasoning else []
             answer = Continuation(ids, EOS if online.hit_eos else LENGTH)
         gone = result.evicted_positions
         keep = [not any(p in gone for p in range(s.start, s.end)) for s in steps]
@@ -315,6 +329,9 @@ class OnlineMode(Mode):
                 "final_cache_tokens": result.final_cache_tokens,
                 "checkpoints": result.checkpoints,
                 "evictions": result.evictions,
+                # The steps of this generation (they differ from the unit's trace once
+                # something was evicted); kept_steps index this list.
+                "steps": [[s.start, s.end] for s in steps],
             },
         }
         return steps, keep, answer, result.cache_tokens + result.cue_tokens, details

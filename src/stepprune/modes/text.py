@@ -23,6 +23,10 @@ class TextMode(Mode):
     answer_max_tokens: int = 512
     name = "text"
 
+    @classmethod
+    def from_config(cls, config) -> TextMode:
+        return cls(answer_max_tokens=config.answer_max_tokens)
+
     def evaluate(self, session, problem: Problem, trace: Trace, prunings: Sequence[Pruning]):
         masks = unique_masks(prunings)
         contexts = [text_context(session.format, trace, mask) for mask in masks]
