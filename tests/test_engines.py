@@ -100,3 +100,10 @@ def test_config_knows_every_engine() -> None:
     from stepprune.config import ENGINE_NAMES
 
     assert tuple(ENGINES.names) == ENGINE_NAMES
+
+
+def test_config_knows_every_mode() -> None:
+    from stepprune.config import MODE_NAMES
+    from stepprune.modes import MODES
+
+    assert sorted(MODES.names) == sorted(MODE_NAMES)

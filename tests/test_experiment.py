@@ -154,3 +154,18 @@ def test_run_accepts_every_kind_of_scorer(
     assert {r["policy"] for r in records} == {policy}
     traces = _lines(out / "traces.jsonl")
     assert all(abs(sum(s["importance"] for s in t["steps"]) - 1) < 1e-6 for t in traces)
+
+
+def test_another_dtype_is_another_experiment(tiny_r1_dir: Path, tmp_path: Path) -> None:
+    # bfloat16 and float32 traces differ: one folder never mixes them (dtype is identity).
+    out = tmp_path / "run"
+    code, output = _run("--model", str(tiny_r1_dir), "--limit", "1", "--out", str(out))
+    assert code == 0, output
+    identity = json.loads((out / "config.json").read_text())["identity"]
+    assert identity["dtype"] == "float32" and identity["engine"] == "hf"
+    before = (out / "records.jsonl").read_text()
+    code, output = _run(
+        "--model", str(tiny_r1_dir), "--limit", "1", "--dtype", "bfloat16", "--out", str(out)
+    )  # fmt: skip
+    assert code == 2 and "dtype='float32', not 'bfloat16'" in output
+    assert (out / "records.jsonl").read_text() == before

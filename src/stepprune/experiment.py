@@ -33,11 +33,14 @@ import stepprune
 from stepprune.config import RunConfig
 from stepprune.decoding import SamplingConfig
 from stepprune.grading import Grader
-from stepprune.models import ModelLoadError, load_model, resolve_model_source
+from stepprune.models import (
+    ModelLoadError,
+    check_model_options,
+    load_model,
+    resolve_model_source,
+    resolved_dtype,
+)
 from stepprune.modes import MODES, Mode, Pruning, to_record
-from stepprune.modes.kv import KVMode
-from stepprune.modes.online import OnlineMode
-from stepprune.modes.text import TextMode
 from stepprune.policies import POLICIES
 from stepprune.problems import load_problems
 from stepprune.reporting.run_outputs import write_run_outputs
@@ -51,18 +54,8 @@ TRACE_CHUNK = 8
 
 
 def build_mode(config: RunConfig) -> Mode:
-    """The re-evaluation mode a config asks for."""
-    if config.mode == "text":
-        return TextMode(answer_max_tokens=config.answer_max_tokens)
-    if config.mode == "kv":
-        return KVMode(answer_max_tokens=config.answer_max_tokens, positions=config.positions)
-    return OnlineMode(
-        sampling=config.sampling(),
-        seed=config.seed,
-        answer_max_tokens=config.answer_max_tokens,
-        budget=config.budget,
-        interval=config.interval,
-    )
+    """The re-evaluation mode a config asks for, from the ``MODES`` registry."""
+    return MODES.get(config.mode).from_config(config)
 
 
 def control_mask(seed: int, trace: Trace, threshold: float, kept: int) -> tuple[bool, ...]:
@@ -92,6 +85,9 @@ class Experiment:
         self.config, self.err, self.out = config, err, out
         # Everything that can be checked without the model is checked here, before any file
         # is written or the model is loaded.
+        device = check_model_options(config.device, config.dtype, config.load_in_4bit)
+        # Part of the folder's identity: bfloat16 and float32 traces must not mix in one folder.
+        self.dtype = "nf4" if config.load_in_4bit else resolved_dtype(config.dtype, device)
         self.scorer: Scorer = SCORERS.build(config.scorer)
         self.policy = POLICIES.build(config.policy)
         self.mode = build_mode(config)
@@ -199,7 +195,7 @@ class Experiment:
         """Trace, score, prune and re-evaluate every unit not yet in the run folder; report."""
         cfg = self.config
         run_config = {"config": asdict(cfg), "environment": _environment()}
-        identity = cfg.identity()
+        identity = {**cfg.identity(), "engine": cfg.engine, "dtype": self.dtype}
         self._check_model_files()
         with RunFolder(cfg.output_dir(), identity, run_config) as folder:
             self._check_unchanged(folder)

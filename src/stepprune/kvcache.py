@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from stepprune.decoding import LENGTH, Continuation, StopRule
+
 FULL = "full_attention"
 SLIDING = "sliding_attention"
 
@@ -184,3 +186,19 @@ def prefill(model: PreTrainedModel, ids: list[int]) -> tuple[KVState, torch.Tens
     state = KVState(DynamicCache(config=model.config), types, positions, 0, window, model.config)
     logits = state.forward(model, ids)
     return state, logits[-1]
+
+
+@torch.inference_mode()
+def decode_greedy(
+    model: PreTrainedModel, state: KVState, cue: list[int], max_new_tokens: int, rule: StopRule
+) -> Continuation:
+    """Append ``cue`` to the cache and decode greedily until ``rule`` stops or the budget ends."""
+    logits = state.forward(model, cue)[-1]
+    ids: list[int] = []
+    for _ in range(max_new_tokens):
+        ids.append(int(torch.argmax(logits)))
+        stop = rule.stop(ids)
+        if stop is not None:
+            return Continuation(ids, stop)
+        logits = state.forward(model, [ids[-1]])[-1]
+    return Continuation(ids, LENGTH)

@@ -127,6 +127,11 @@ def check_model_options(
     return resolved
 
 
+def resolved_dtype(dtype: str, device: str) -> str:
+    """The dtype ``--dtype`` means on ``device`` ("auto": bfloat16 on CUDA, float32 on CPU)."""
+    return str(_resolve_dtype(dtype, device)).removeprefix("torch.")
+
+
 def _reason(error: BaseException) -> str:
     """The first line of a loader's error, prefixed by its type when the line alone is vague."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -150,6 +155,7 @@ def load_model(
         load_in_4bit: NF4 weights through bitsandbytes (CUDA only, optional extra ``gpu``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     device = check_model_options(device, dtype, load_in_4bit)
     source, gguf_file = resolve_model_source(name)
@@ -164,6 +170,9 @@ def load_model(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
         )
         kwargs["device_map"] = device
+    # transformers' own progress bars (GGUF de-quantising, weight loading) would interleave
+    # with stepprune's progress display on stderr; the caller shows a loading status instead.
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

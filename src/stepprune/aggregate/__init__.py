@@ -10,7 +10,7 @@ grouped on ``runfolder.threshold_key``, so ``0.1 * 3`` and ``0.3`` are one row; 
 control is what ``runfolder.is_control`` says (``random-control...``), never a user's own
 ``random`` scorer, and each scorer is compared only with its own control
 (``runfolder.control_owner``: ``of=`` in the control's spec, or the folder's first scorer for
-controls written before 0.3). Intervals are percentile bootstraps over problems
+controls written before 0.2). Intervals are percentile bootstraps over problems
 (``stepprune.stats``).
 
 Means of nothing are None, never 0: a run without traces has no truncation rate, not a rate of

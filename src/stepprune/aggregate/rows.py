@@ -181,7 +181,7 @@ def aggregate_rows(
     specs = {r.scorer for r in records}
 
     def group_spec(spec: str) -> str:
-        # A control written before 0.3 joins the row of its owner's control when the folder
+        # A control written before 0.2 joins the row of its owner's control when the folder
         # also has that row (an old folder resumed with more samples); else it keeps its name.
         if legacy is None or not is_control(spec):
             return spec

@@ -25,8 +25,8 @@ from stepprune.bench.common import seconds, synthetic_trace
 from stepprune.context import closing_ids, text_context
 from stepprune.decoding import Continuation, SamplingConfig, StopRule
 from stepprune.engines import HFEngine
-from stepprune.kvcache import FULL, SLIDING, KVState, prefill
-from stepprune.modes.kv import decode_greedy, kept_entries
+from stepprune.kvcache import FULL, SLIDING, KVState, decode_greedy, prefill
+from stepprune.modes.kv import kept_entries
 from stepprune.modes.online import OnlineConfig, OnlinePruner
 from stepprune.schema import Trace
 from stepprune.session import Session

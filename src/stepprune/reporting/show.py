@@ -28,24 +28,14 @@ from stepprune.reporting.html_page import (
     render_html,
     shade,
 )
-from stepprune.runfolder import (
+from stepprune.runfolder import (  # RUN_FILES: never overwritten by an HTML page
     CONFIG_FILE,
-    CONTROLS_FILE,
-    RECORDS_FILE,
-    RESULTS_FILE,
-    SCORES_FILE,
-    SUMMARY_FILE,
-    TRACES_FILE,
+    RUN_FILES,
     Run,
     load_run,
     threshold_key,
 )
 from stepprune.schema import Record, Trace
-
-# What `stepprune run` writes (and reads back): never overwritten by an HTML page.
-RUN_FILES = frozenset(
-    {CONFIG_FILE, TRACES_FILE, RECORDS_FILE, CONTROLS_FILE, SCORES_FILE, SUMMARY_FILE, RESULTS_FILE}
-)
 
 
 class ShowError(ValueError):

@@ -44,7 +44,7 @@ REQUIRED_FILES = (CONFIG_FILE, TRACES_FILE, RECORDS_FILE)
 # The random-pruning control that `stepprune run` adds beside every scorer. Its spec is
 # ``random-control:seed=S,of=SCORER``: the control of one scorer (it keeps as many steps as that
 # scorer at each threshold), so a folder reused with another --scorer gets another control.
-# Folders written before 0.3 hold ``random-control:seed=S`` (see ``control_owner``). A user's
+# Folders written before 0.2 hold ``random-control:seed=S`` (see ``control_owner``). A user's
 # own ``random`` scorer is *not* a control.
 CONTROL_SCORER = "random-control"
 _OF = ",of="
@@ -75,13 +75,13 @@ def controlled_scorer(spec: str) -> str | None:
 
 
 def name_control(spec: str, owner: str) -> str:
-    """A control spec that names its scorer: ``spec`` itself, or (written before 0.3)
+    """A control spec that names its scorer: ``spec`` itself, or (written before 0.2)
     ``spec`` with ``of=owner`` added."""
     return spec if controlled_scorer(spec) is not None else f"{spec}{_OF}{owner}"
 
 
 def legacy_owner(records: Iterable[Record]) -> str | None:
-    """The scorer that a control without ``of=`` (written before 0.3) belongs to: the folder's
+    """The scorer that a control without ``of=`` (written before 0.2) belongs to: the folder's
     first scorer, i.e. that of its first non-control record. Those versions wrote one control
     per unit, with the first run's scorer, and reused it for every later --scorer."""
     return next((r.scorer for r in records if not is_control(r.scorer)), None)

@@ -26,7 +26,7 @@ from stepprune.schema import Record, Trace
 
 
 def adopt_legacy_controls(records: list[Record]) -> list[Record]:
-    """``records`` with each control written before 0.3 (``random-control:seed=S``) named as the
+    """``records`` with each control written before 0.2 (``random-control:seed=S``) named as the
     control of the folder's first scorer (``legacy_owner``), so that a run of that scorer finds
     it done and a run of another scorer makes its own. The files are not rewritten."""
     owner = legacy_owner(records)

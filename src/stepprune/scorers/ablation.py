@@ -1,7 +1,7 @@
 """The ablation scorer: how much the reference answer's log-probability drops without a step.
 
 The expensive reference that attention scorers are compared with. The context is the text-mode
-re-evaluation context with every step kept (``reeval.text_context``) followed by the reference
+re-evaluation context with every step kept (``context.text_context``) followed by the reference
 answer; removing step i gives the same context without that step. The cache of the shared prefix
 is reused: the full context is run once, then for i = last .. first the cache is cropped back to
 where step i starts and only the rest (the later steps, the cue and the answer) is run again.
