@@ -148,3 +148,27 @@ def test_report_counts_duplicate_lines_once(tmp_path: Path) -> None:
     report = write_report([folder], tmp_path / "out", None, max_importance_plots=0)
     assert report["runs"][0]["num_traces"] == 8
     assert sum(row["records"] for row in report["runs"][0]["rows"]) == 32
+
+
+def test_importances_are_those_of_the_scorer_shown(tmp_path, monkeypatch) -> None:
+    # A folder reused with a second scorer keeps the first scorer's importances in its traces
+    # and the second's in scores.jsonl: plots and shading use the scorer they name.
+    from stepprune.reporting import report as report_module
+    from stepprune.runfolder import Run
+    from tests.run_fixture import make_trace
+
+    trace = make_trace("p1", 0)
+    trace.scorer = "attention"
+    length = [0.1, 0.2, 0.3, 0.4]
+    run = Run(tmp_path, {}, [trace], [], None, {("p1", 0, "length"): length})
+    assert [s.importance for s in run.scored_trace(trace, "length").steps] == length
+    control = "random-control:seed=0,of=length"
+    assert [s.importance for s in run.scored_trace(trace, control).steps] == length
+    assert run.scored_trace(trace, "attention") is trace
+    assert run.scored_trace(trace, "position") is trace  # unknown: as it is
+    drawn = []
+    monkeypatch.setattr(report_module, "importance_figure", lambda t, title: drawn.append(t))
+    monkeypatch.setattr(report_module, "save_figure", lambda fig, path: path)
+    monkeypatch.setattr(Run, "scorer", property(lambda self: "length"))
+    report_module.plot_importances(run, "length run", tmp_path, limit=1)
+    assert [s.importance for s in drawn[0].steps] == length

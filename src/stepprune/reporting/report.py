@@ -58,7 +58,9 @@ def plot_importances(run: Run, label: str, folder: Path, limit: int) -> list[Pat
     for trace in traces:
         title = f"{trace.problem_id} (sample {trace.sample}): {label}"
         path = folder / f"{slug(trace.problem_id)}_s{trace.sample}.png"
-        paths.append(save_figure(importance_figure(trace, title), path))
+        # The importances of the run's scorer, not those the trace was first scored with.
+        scored = run.scored_trace(trace, run.scorer)
+        paths.append(save_figure(importance_figure(scored, title), path))
     return paths
 
 

@@ -222,7 +222,8 @@ def show_problem(
             highlight=False,
         )
     console.print()
-    render_terminal(trace, set(selected.kept_steps) if selected else None, console)
+    shown = run.scored_trace(trace, selected.scorer) if selected else trace  # its scorer's shading
+    render_terminal(shown, set(selected.kept_steps) if selected else None, console)
     if records:
         console.print(_answers_table(trace, records, selected))
     verdict = {None: "not graded", True: "correct", False: "wrong"}[trace.original_correct]

@@ -17,6 +17,7 @@ from stepprune.runfolder.names import (
     TRACES_FILE,
     RecordKey,
     RunFolderError,
+    controlled_scorer,
     is_control,
     legacy_owner,
     name_control,
@@ -82,6 +83,17 @@ class Run:
         if self.settings.get("mode"):
             return str(self.settings["mode"])
         return self.records[0].mode if self.records else "?"
+
+    def scored_trace(self, trace: Trace, scorer: str) -> Trace:
+        """``trace`` with its steps' importances under ``scorer`` (the scorer a control
+        controls, for a control spec): a trace holds the importances of the scorer it was made
+        with, and scores.jsonl those of scorers run on the folder later. Unknown: as it is."""
+        scorer = controlled_scorer(scorer) or scorer
+        importances = self.scores.get((trace.problem_id, trace.sample, scorer))
+        if trace.scorer == scorer or importances is None:
+            return trace
+        steps = [replace(s, importance=v) for s, v in zip(trace.steps, importances, strict=True)]
+        return replace(trace, steps=steps, scorer=scorer)
 
     def trace(self, problem_id: str, sample: int = 0) -> Trace | None:
         """The trace of ``problem_id`` / ``sample``; None when the run has none."""
