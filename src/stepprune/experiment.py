@@ -107,13 +107,13 @@ class Experiment:
         )
         self.units = [(p, s) for p in self.problems for s in range(config.samples)]
 
-    def prunings(self, trace: Trace, importances: list[float]) -> list[Pruning]:
+    def prunings(self, session: Session, trace: Trace, importances: list[float]) -> list[Pruning]:
         """What to re-evaluate for one trace: the scorer's mask at every threshold and the
         random control beside each (online mode decides during generation: no masks)."""
         thresholds = self.config.thresholds
         if self.mode.decides_online:
             return [Pruning(self.scorer.spec, t) for t in thresholds]
-        masks = [tuple(self.policy.keep(importances, t)) for t in thresholds]
+        masks = session.keep_masks(importances, thresholds)
         prunings = [Pruning(self.scorer.spec, t, m) for t, m in zip(thresholds, masks, strict=True)]
         if self.control is not None:
             prunings += [
@@ -296,7 +296,7 @@ class Experiment:
         if importances is None:  # a trace reused from a run with another scorer
             importances = session.score(trace, problem)
             folder.add_scores(trace, self.scorer.spec, importances)
-        prunings = self.prunings(trace, importances)
+        prunings = self.prunings(session, trace, importances)
         if all(
             folder.has_record(trace.problem_id, trace.sample, p.threshold, p.scorer)
             for p in prunings

@@ -34,6 +34,17 @@ if TYPE_CHECKING:
     from stepprune.session import Session
 
 
+def check_eviction(interval: int, budget: int | None, recent: int) -> None:
+    """The one check of online eviction settings (``RunConfig`` repeats the first two so that
+    the CLI refuses them before importing torch)."""
+    if interval < 0:
+        raise ValueError(f"--interval must be >= 0, got {interval}")
+    if recent < 0:
+        raise ValueError(f"the recent window must be >= 0, got {recent}")
+    if budget is not None and budget < 1:
+        raise ValueError(f"--budget must be >= 1, got {budget}")
+
+
 @dataclass(frozen=True)
 class OnlineConfig:
     """How and when to evict.
@@ -52,12 +63,7 @@ class OnlineConfig:
     recent: int = 32
 
     def __post_init__(self) -> None:
-        if self.interval < 0:
-            raise ValueError(f"--interval must be >= 0, got {self.interval}")
-        if self.recent < 0:
-            raise ValueError(f"the recent window must be >= 0, got {self.recent}")
-        if self.budget is not None and self.budget < 1:
-            raise ValueError(f"--budget must be >= 1, got {self.budget}")
+        check_eviction(self.interval, self.budget, self.recent)
 
 
 @dataclass
@@ -265,10 +271,7 @@ class OnlineMode(Mode):
         )
 
     def __post_init__(self) -> None:
-        if self.interval < 0:
-            raise ValueError(f"--interval must be >= 0, got {self.interval}")
-        if self.budget is not None and self.budget < 1:
-            raise ValueError(f"--budget must be >= 1, got {self.budget}")
+        check_eviction(self.interval, self.budget, self.recent)
 
     def check(self, scorer: object) -> None:
         cached = getattr(scorer, "score_cache", None)
