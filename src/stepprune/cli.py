@@ -177,8 +177,11 @@ def run(
         str | None,
         typer.Option(
             help="Step scorer spec: attention[:query=last|answer|probe,layers=..,heads=mean|max|"
-            "receiver,agg=sum|mean,sink=keep|exclude] | ablation | random | length | position"
-            " | uniform. Default: attention (online mode: attention:query=probe)."
+            "receiver,agg=sum|mean,sink=keep|exclude,calibration=FILE] | ablation | "
+            "entropy[:agg=sum|mean] | redundancy[:of=SPEC,lambda=L,layer=N,vector=hidden|key] | "
+            "forced-answer | resampling[:k=K,seed=S,max_new_tokens=M] | mix:a=SPEC,b=SPEC,w=W "
+            "(a SPEC with commas in parentheses) | random | length | position | uniform. "
+            "Default: attention (online mode: attention:query=probe)."
         ),
     ] = None,
     policy: Annotated[
@@ -415,3 +418,29 @@ def bench_scorers(
         typer.echo(json.dumps([r.to_json() for r in results], indent=2))
     else:
         typer.echo(results_table_markdown(results))
+
+
+@app.command()
+def calibrate(
+    run: Annotated[Path, typer.Option(help="A run folder whose traces calibrate the heads.")],
+    out: Annotated[Path, typer.Option(help="The receiver-head file to write (JSON).")],
+    top_k: Annotated[int, typer.Option(help="Number of receiver heads.")] = 8,
+    scorer: Annotated[
+        str, typer.Option(help="Attention spec whose queries/layers are measured.")
+    ] = "attention",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+) -> None:
+    """Choose receiver heads on a run's traces, for attention:heads=receiver,calibration=FILE."""
+    with user_errors():
+        _check_at_least("--top-k", top_k, 1)
+        _check_model_options(device, dtype)
+        from stepprune.scorers.receiver import calibrate_run
+
+        heads = calibrate_run(run, out, top_k, scorer, device, dtype)
+    Console(stderr=True).print(
+        f"{len(heads)} receiver heads written to {out}; use --scorer "
+        f"attention:heads=receiver,calibration={out}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -44,7 +44,8 @@ def kept_positions(trace: Trace, keep: Sequence[bool]) -> list[int]:
         return list(range(trace.reasoning_end))
     positions = list(range(trace.steps[0].start))
     kept = [i for i, k in enumerate(keep) if k]
-    for i, j in zip(kept, [*kept[1:], None], strict=True):
+    # Each kept step with the next kept one (None after the last; no pairs if none is kept).
+    for i, j in zip(kept, [*kept[1:], None][: len(kept)], strict=True):
         step = trace.steps[i]
         positions += range(step.start, step.end)
         if j is not None:  # the separator after this step, up to where the next step began

@@ -1,4 +1,9 @@
-"""Strategies selected by spec strings such as ``attention:layers=first-half,agg=mean``."""
+"""Strategies selected by spec strings such as ``attention:layers=first-half,agg=mean``.
+
+A composite strategy takes another spec as an option value; a value that holds commas is
+wrapped in parentheses, ``mix:a=(attention:query=probe,agg=mean),b=length,w=0.5``: options are
+split at the commas outside parentheses only (``embed_spec`` / ``nested_spec``).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """``"name:k1=v1,k2=v2"`` -> ``("name", {"k1": "v1", "k2": "v2"})``."""
     name, _, options_text = spec.strip().partition(":")
     options: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in options_text.split(","))):
+    for item in filter(None, (part.strip() for part in _split_options(spec, options_text))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SpecError(f"{spec!r}: option {item!r} is not key=value")
@@ -26,6 +31,47 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     if not name:
         raise SpecError(f"{spec!r}: empty strategy name")
     return name, options
+
+
+def _split_options(spec: str, text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses (a nested spec keeps its own)."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise SpecError(f"{spec!r}: ')' without its '('")
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise SpecError(f"{spec!r}: '(' without its ')'")
+    return [*parts, text[start:]]
+
+
+def embed_spec(spec: str) -> str:
+    """``spec`` as an option value of another spec: in parentheses when it holds a comma."""
+    return f"({spec})" if "," in spec else spec
+
+
+def nested_spec(value: str) -> str:
+    """The spec an option value holds (``embed_spec`` undone): outer parentheses removed."""
+    value = value.strip()
+    if value.startswith("(") and _closing_paren(value) == len(value) - 1:
+        return value[1:-1].strip()
+    return value
+
+
+def _closing_paren(text: str) -> int:
+    """Index of the ``)`` that closes ``text[0]``'s ``(`` (-1 if none)."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return i
+    return -1
 
 
 class Registry(Generic[T]):

@@ -1,7 +1,20 @@
 """Step scorers: importance of each reasoning step of a trace, normalised to sum to 1.
 
-Select one by spec string from ``SCORERS``: ``attention[:query=..,layers=..,heads=..,agg=..,
-sink=..]``, ``ablation``, ``random[:seed=N]``, ``length``, ``position``, ``uniform``.
+Select one by spec string from ``SCORERS`` (a part spec with options of its own goes in
+parentheses):
+
+- ``attention[:query=..,layers=..,heads=..,agg=..,sink=..,calibration=FILE]``: attention paid
+  to each step (``heads=receiver,calibration=FILE``: receiver heads from ``receiver``'s file);
+- ``ablation``: drop of log p(answer) when the step is removed;
+- ``entropy[:agg=sum|mean]``: next-token entropy over the step's tokens;
+- ``redundancy[:of=SPEC,lambda=L,layer=N|last,vector=hidden|key]``: a base scorer minus the
+  step's mean cosine similarity to the other steps (R-KV);
+- ``forced-answer``: rise of log p(answer) when the reasoning stops after the step;
+- ``resampling[:k=K,seed=S,max_new_tokens=M,temperature=T]``: change of the sampled answers'
+  distribution with the step (Thought Anchors);
+- ``mix:a=SPEC,b=SPEC,w=W``: ``W * a + (1 - W) * b``;
+- baselines ``random[:seed=N]``, ``length``, ``position``, ``uniform``.
+
 Importing this package registers them all.
 """
 
@@ -9,15 +22,33 @@ from stepprune.scorers.ablation import AblationScorer
 from stepprune.scorers.attention import AttentionScorer
 from stepprune.scorers.base import SCORERS, Scorer, normalise
 from stepprune.scorers.baselines import LengthScorer, PositionScorer, RandomScorer, UniformScorer
+from stepprune.scorers.entropy import EntropyScorer
+from stepprune.scorers.forced_answer import ForcedAnswerScorer
+from stepprune.scorers.mix import MixScorer
+from stepprune.scorers.receiver import (
+    calibrate_receiver_heads,
+    load_receiver_heads,
+    save_receiver_heads,
+)
+from stepprune.scorers.redundancy import RedundancyScorer
+from stepprune.scorers.resampling import ResamplingScorer
 
 __all__ = [
     "SCORERS",
     "AblationScorer",
     "AttentionScorer",
+    "EntropyScorer",
+    "ForcedAnswerScorer",
     "LengthScorer",
+    "MixScorer",
     "PositionScorer",
     "RandomScorer",
+    "RedundancyScorer",
+    "ResamplingScorer",
     "Scorer",
     "UniformScorer",
+    "calibrate_receiver_heads",
+    "load_receiver_heads",
     "normalise",
+    "save_receiver_heads",
 ]

@@ -8,7 +8,11 @@ Spec options (``attention:query=probe,layers=first-half,heads=receiver,agg=mean,
   reasoning for this forward pass only, so the probe never enters any later context).
 - ``layers``: ``all``, ``first-half``, ``last-half``, or explicit indices ``0+3+7``.
 - ``heads``: ``mean``, ``max``, or ``receiver``: the ``receivers`` heads (default 8) whose
-  attention over the steps is most concentrated (lowest entropy), chosen per trace.
+  attention over the steps is most concentrated (lowest entropy), chosen per trace; with
+  ``calibration=FILE`` (``heads=receiver`` and ``layers=all`` only), exactly the (layer, head)
+  pairs that file lists, the same for every trace (made by ``receiver.calibrate_receiver_heads``
+  or ``stepprune calibrate``; ``receivers`` then is the file's count). The path must not hold
+  ``,`` or parentheses (the spec's separators).
 - ``agg``: ``sum`` over a step's tokens (tracks step length), or ``mean``.
 - ``sink``: ``keep``, or ``exclude``: renormalise each head's row without the first
   ``sink_tokens`` positions (attention sinks) and the separator tokens between steps.
@@ -19,7 +23,7 @@ extra memory is O(layers x heads x queries x steps), never tokens squared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +35,7 @@ from stepprune.models import ChatFormat
 from stepprune.registry import SpecError
 from stepprune.schema import Step, Trace
 from stepprune.scorers.base import SCORERS, normalise, require
+from stepprune.scorers.receiver import load_receiver_heads
 
 QUERIES = ("last", "answer", "probe")
 HEADS = ("mean", "max", "receiver")
@@ -155,6 +160,11 @@ class AttentionScorer:
     receivers: int = 8
     sink_tokens: int = 4
     probe: str = DEFAULT_PROBE
+    calibration: str = ""
+    # The (layer, head) pairs read from ``calibration`` (empty: chosen per trace).
+    calibrated: tuple[tuple[int, int], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -177,11 +187,29 @@ class AttentionScorer:
                 raise SpecError(
                     f"attention: {name}={getattr(self, name)!r} is not an integer"
                 ) from None
+        if self.calibration:
+            self._load_calibration()
+
+    def _load_calibration(self) -> None:
+        """Read the receiver-head file now, so a bad file fails before any work."""
+        if self.heads != "receiver" or self.layers != "all":
+            raise SpecError(
+                "attention: calibration= fixes the receiver heads; use it with heads=receiver "
+                "and layers=all"
+            )
+        try:
+            heads = tuple(load_receiver_heads(self.calibration))
+        except ValueError as error:
+            raise SpecError(f"attention: calibration: {error}") from None
+        object.__setattr__(self, "calibrated", heads)
+        object.__setattr__(self, "receivers", len(heads))
 
     @property
     def spec(self) -> str:
         parts = [f"query={self.query}", f"layers={self.layers}", f"heads={self.heads}"]
-        if self.heads == "receiver":
+        if self.calibration:
+            parts.append(f"calibration={self.calibration}")
+        elif self.heads == "receiver":
             parts.append(f"receivers={self.receivers}")
         parts += [f"agg={self.agg}", f"sink={self.sink}"]
         if self.sink == "exclude":
@@ -232,8 +260,9 @@ class AttentionScorer:
 
     @property
     def needs_model_config(self) -> bool:
-        """Whether ``check_model`` has something to check: explicit layer indices."""
-        return self.layers not in {"all", "first-half", "last-half"}
+        """Whether ``check_model`` has something to check: explicit layer indices or
+        calibrated heads."""
+        return self.layers not in {"all", "first-half", "last-half"} or bool(self.calibrated)
 
     def check_model(self, config: PretrainedConfig, cached_only: bool = False) -> None:
         """Refuse layer indices that the model does not have, before any work.
@@ -245,7 +274,7 @@ class AttentionScorer:
         text = config.get_text_config()
         types = getattr(text, "layer_types", None) or [FULL] * text.num_hidden_layers
         count = sum(kind == FULL for kind in types) if cached_only else len(types)
-        if self.needs_model_config:
+        if self.layers not in {"all", "first-half", "last-half"}:
             bad = [x for x in map(int, self.layers.split("+")) if not 0 <= x < count]
             if bad:
                 what = f"{count} full-attention layers" if cached_only else f"{count} layers"
@@ -253,6 +282,25 @@ class AttentionScorer:
                     f"--scorer {self.spec}: layers {bad} outside 0..{count - 1} (the model "
                     f"has {what})"
                 )
+        if self.calibrated:
+            self._check_calibrated(len(types), text.num_attention_heads, cached_only, types)
+
+    def _check_calibrated(
+        self, layers: int, heads: int, cached_only: bool, types: list[str]
+    ) -> None:
+        """Refuse calibrated heads that the model does not have."""
+        bad = [(lay, h) for lay, h in self.calibrated if lay >= layers or h >= heads]
+        if bad:
+            raise SpecError(
+                f"--scorer {self.spec}: receiver heads {bad} are not in this model ({layers} "
+                f"layers x {heads} heads): the file was calibrated on another model"
+            )
+        if cached_only and any(kind != FULL for kind in types):
+            # Online scoring reads the full-attention layers only: indices would shift.
+            raise SpecError(
+                f"--scorer {self.spec}: calibrated heads index all layers; online mode reads "
+                "only the full-attention layers of this model"
+            )
 
     def online_problem(self) -> str | None:
         """Why this variant cannot score cached steps during generation (None: it can)."""
@@ -290,6 +338,8 @@ class AttentionScorer:
         elif self.heads == "max":
             per_layer = steps.max(1).values
         else:
-            chosen = select_receiver_heads(steps.mean(2), self.receivers)
+            chosen = self.calibrated or select_receiver_heads(steps.mean(2), self.receivers)
+            if self.calibrated:
+                self._check_calibrated(steps.shape[0], steps.shape[1], False, [])
             per_layer = torch.stack([steps[layer, head] for layer, head in chosen])
         return normalise(per_layer.mean(0).mean(0).numpy().astype(np.float64))

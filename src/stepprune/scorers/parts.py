@@ -1,0 +1,46 @@
+"""Scorers built from other scorers (``mix``, ``redundancy``): their nested specs and checks.
+
+A part is given as an option value holding a whole spec, in parentheses when it has options
+of its own: ``mix:a=(attention:query=probe,agg=mean),b=entropy,w=0.5`` (see
+``registry.nested_spec``). The composite forwards the model checks to its parts, so that
+``attention:layers=99`` inside a mix is refused before any work, like on its own.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+from stepprune.registry import SpecError, embed_spec, nested_spec
+from stepprune.scorers.base import SCORERS, Scorer
+
+
+def build_part(value: str, owner: str, option: str) -> Scorer:
+    """The scorer that option ``option`` of composite ``owner`` names, with a clear error."""
+    spec = nested_spec(str(value))
+    if not spec:
+        raise SpecError(f"{owner}: {option}= is empty; give a scorer spec")
+    try:
+        return SCORERS.build(spec)
+    except SpecError as error:
+        raise SpecError(f"{owner}: {option}={value!r}: {error}") from None
+
+
+def part_spec(scorer: Scorer) -> str:
+    """A part's canonical spec as an option value (parenthesised when it holds commas)."""
+    return embed_spec(scorer.spec)
+
+
+class Composite:
+    """Model checks of a scorer made of ``parts`` (a tuple of scorers)."""
+
+    parts: tuple[Scorer, ...]
+
+    @property
+    def needs_model_config(self) -> bool:
+        return any(getattr(p, "needs_model_config", False) for p in self.parts)
+
+    def check_model(self, config: PretrainedConfig, cached_only: bool = False) -> None:
+        for part in self.parts:
+            check = getattr(part, "check_model", None)
+            if check is not None:
+                check(config, cached_only=cached_only)

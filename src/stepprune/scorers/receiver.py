@@ -1,0 +1,174 @@
+"""Receiver heads chosen once from a set of traces, saved to a file that the attention scorer
+reads (``attention:heads=receiver,calibration=FILE``), instead of per trace.
+
+Thought Anchors (arXiv 2506.19143) picks "receiver heads", which focus their attention on a
+few sentences, over many traces and then uses the same heads everywhere. Here the criterion is
+that of ``attention.select_receiver_heads`` averaged over traces: for each trace, the attention
+scorer's per-step mass of every head (mean over its queries) is made a distribution over the
+steps, and its entropy is divided by ``log(steps)`` so traces with different step counts weigh
+the same; the ``top_k`` heads with the lowest mean normalised entropy are the receivers. Traces
+with fewer than 2 steps say nothing about concentration and are skipped.
+
+File format (JSON)::
+
+    {"heads": [[layer, head], ...],   # best first; layer indexes all of the model's layers
+     "num_layers": L, "num_heads": H, "scorer": "attention:...", "traces": N,
+     "criterion": "..."}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import PreTrainedModel
+
+from stepprune.models import ChatFormat
+from stepprune.schema import Trace
+
+if TYPE_CHECKING:
+    from stepprune.scorers.attention import AttentionScorer
+
+CRITERION = "lowest mean over traces of the entropy over steps / log(steps)"
+
+
+def head_concentration(step_mass: torch.Tensor) -> torch.Tensor:
+    """Normalised entropy of each head's attention over the steps.
+
+    Args:
+        step_mass: ``(layers, heads, queries, steps)`` non-negative, ``steps >= 2``.
+
+    Returns:
+        ``(layers, heads)`` in [0, 1]: 0 all on one step, 1 spread evenly.
+    """
+    mass = step_mass.mean(2)
+    dist = mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)
+    entropy = -(dist * dist.clamp_min(1e-12).log()).sum(-1)
+    return entropy / math.log(step_mass.shape[-1])
+
+
+def calibrate_receiver_heads(
+    model: PreTrainedModel,
+    traces: Sequence[Trace],
+    fmt: ChatFormat | None,
+    top_k: int = 8,
+    scorer: AttentionScorer | None = None,
+) -> list[tuple[int, int]]:
+    """The ``top_k`` (layer, head) pairs whose attention over steps is the most concentrated
+    on average over ``traces`` (see the module docstring), best first.
+
+    ``scorer`` sets the queries, sink handling and aggregation whose attention is measured, and
+    its ``layers`` limit the candidates (default: ``attention`` with its default options).
+    """
+    from stepprune.scorers.attention import AttentionScorer, _parse_layers
+
+    scorer = scorer or AttentionScorer()
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    total, used = None, 0
+    for trace in traces:
+        if len(trace.steps) < 2:
+            continue
+        concentration = head_concentration(scorer.step_mass(model, trace, fmt))
+        total = concentration if total is None else total + concentration
+        used += 1
+    if total is None:
+        raise ValueError("no trace with at least 2 steps to calibrate receiver heads on")
+    mean = total / used
+    allowed = torch.full_like(mean, math.inf)
+    layers = _parse_layers(scorer.layers, mean.shape[0])
+    allowed[layers] = mean[layers]
+    order = torch.argsort(allowed.flatten())[: min(top_k, len(layers) * mean.shape[1])]
+    heads = mean.shape[1]
+    return [(int(i) // heads, int(i) % heads) for i in order]
+
+
+def save_receiver_heads(
+    path: Path | str,
+    heads: Sequence[tuple[int, int]],
+    num_layers: int,
+    num_heads: int,
+    scorer: str = "",
+    traces: int = 0,
+) -> None:
+    """Write the calibration file (the module docstring's format)."""
+    data = {
+        "heads": [[int(layer), int(head)] for layer, head in heads],
+        "num_layers": int(num_layers),
+        "num_heads": int(num_heads),
+        "scorer": scorer,
+        "traces": int(traces),
+        "criterion": CRITERION,
+    }
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def load_receiver_heads(path: Path | str) -> list[tuple[int, int]]:
+    """The (layer, head) pairs of a calibration file, in its order.
+
+    Raises:
+        ValueError: the file is missing, not JSON, or holds no valid ``heads`` list.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise ValueError(
+            f"cannot read receiver-head file {str(path)!r}: {error.strerror}"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"receiver-head file {str(path)!r} is not JSON: {error}") from None
+    heads = data.get("heads") if isinstance(data, dict) else None
+    valid = isinstance(heads, list) and heads
+    valid = valid and all(
+        isinstance(p, list) and len(p) == 2 and all(type(x) is int and x >= 0 for x in p)
+        for p in heads
+    )
+    if not valid:
+        raise ValueError(
+            f"receiver-head file {str(path)!r}: 'heads' must be a non-empty list of "
+            "[layer, head] pairs of non-negative integers"
+        )
+    pairs = [(layer, head) for layer, head in heads]
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"receiver-head file {str(path)!r}: a head is listed twice")
+    return pairs
+
+
+def calibrate_run(
+    run_dir: Path | str,
+    out: Path | str,
+    top_k: int = 8,
+    scorer: str = "attention",
+    device: str = "auto",
+    dtype: str = "auto",
+) -> list[tuple[int, int]]:
+    """Calibrate receiver heads on the traces of a run folder with the run's model, and save
+    them to ``out`` (``stepprune calibrate``). ``scorer``: an attention spec whose queries,
+    sink handling, aggregation and layers the calibration uses (its ``heads`` is ignored)."""
+    from stepprune.models import load_model
+    from stepprune.registry import SpecError
+    from stepprune.runfolder import load_run
+    from stepprune.scorers.attention import AttentionScorer
+    from stepprune.scorers.base import SCORERS
+
+    attention = SCORERS.build(scorer)
+    if not isinstance(attention, AttentionScorer):
+        raise SpecError(f"--scorer {scorer!r}: calibration measures an attention scorer's heads")
+    run = load_run(run_dir)
+    traces = [t for t in run.traces if len(t.steps) >= 2]
+    if not traces:
+        raise ValueError(f"{run_dir}: no trace with at least 2 steps to calibrate on")
+    model, tokenizer = load_model(run.model, device, dtype)
+    attention.check_model(model.config)
+    heads = calibrate_receiver_heads(
+        model, traces, ChatFormat.from_tokenizer(tokenizer), top_k, attention
+    )
+    text = model.config.get_text_config()
+    save_receiver_heads(
+        out, heads, text.num_hidden_layers, text.num_attention_heads, attention.spec, len(traces)
+    )
+    return heads
