@@ -197,6 +197,21 @@ def test_baselines_are_computed_when_not_listed(tiny) -> None:
     assert not math.isnan(only.lift_over_position)
 
 
+def test_causal_variant_runs_and_an_unknown_variant_fails_before_any_work(tiny) -> None:
+    [only] = run_scorer_benchmark(
+        *tiny,
+        ["length"],
+        n_problems=2,
+        thresholds=(0.0,),
+        progress=False,
+        n_resamples=50,
+        planted="causal",
+    )
+    assert only.n_traces + only.n_skipped == 2 and only.n_traces > 0
+    with pytest.raises(ValueError, match="variant"):
+        run_scorer_benchmark(*tiny, ["length"], n_problems=1, planted="nonsense", progress=False)
+
+
 def test_unknown_specs_and_bad_thresholds_fail_before_any_work(tiny) -> None:
     with pytest.raises(SpecError):
         run_scorer_benchmark(*tiny, ["no-such-scorer"], n_problems=1, progress=False)
@@ -210,7 +225,20 @@ def test_default_scorers_build_and_cover_every_family() -> None:
     built = [SCORERS.build(spec) for spec in DEFAULT_SCORERS]
     assert len({b.spec for b in built}) == len(DEFAULT_SCORERS)  # no two specs are the same
     names = {spec.split(":")[0] for spec in DEFAULT_SCORERS}
-    assert names == {"attention", "ablation", "random", "length", "position", "uniform"}
+    assert names == {
+        "attention",
+        "entropy",
+        "redundancy",
+        "forced-answer",
+        "mix",
+        "ablation",
+        "random",
+        "length",
+        "position",
+        "uniform",
+    }
+    # Every registered scorer is in the default list except resampling (it samples answers).
+    assert set(SCORERS.names) - names == {"resampling"}
     queries = {b.query for b in built if b.spec.startswith("attention")}
     assert queries == {"last", "answer", "probe"}
 

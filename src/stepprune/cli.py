@@ -392,27 +392,80 @@ def show(
 
 @bench_app.command("scorers")
 def bench_scorers(
-    model: Annotated[str, typer.Option(help="Model (default: the bundled SmolLM2).")] = "bundled",
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model (default: the bundled SmolLM2; with --run: the run's own)."),
+    ] = None,
     scorers: Annotated[
         str | None,
         typer.Option(help="Scorer specs separated by ';' (default: every built-in variant)."),
     ] = None,
     problems: Annotated[int, typer.Option(help="Planted problems.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the planted set and the bootstrap.")] = 0,
+    planted: Annotated[
+        str,
+        typer.Option(
+            help="Planted set: semantic (necessary steps are needed by the derivation; the "
+            "last one states the answer) | causal (each is needed by the answer itself)."
+        ),
+    ] = "semantic",
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="A run folder of `stepprune run`: instead of the planted set, compare every "
+            "scorer with the ablation reference on its traces (Spearman, recovery vs random); "
+            "results are cached in the folder.",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
-    """Planted-step ground truth: AUROC (95% CI), answer recovery and lift of every scorer."""
+    """Planted-step ground truth: AUROC (95% CI), answer recovery and lift of every scorer; or,
+    with --run, each scorer's agreement with ablation on a run's traces."""
     console = Console(stderr=True)
     with user_errors():
         _check_at_least("--problems", problems, 1)
         specs = _scorer_specs(scorers)
-        loaded, tokenizer = _load_model(model, device, dtype)
+        from stepprune.planted import PLANTED_VARIANTS
+
+        if planted not in PLANTED_VARIANTS:
+            raise ValueError(f"--planted {planted!r}: choose {' or '.join(PLANTED_VARIANTS)}")
+        if run_dir is not None:
+            if model is not None:
+                raise ValueError("--model: not with --run (the run's own model scores its traces)")
+            from stepprune.bench.run_scorers import (
+                DEFAULT_RUN_SCORERS,
+                run_model_name,
+                run_results_markdown,
+                run_scorers_benchmark,
+            )
+
+            loaded, tokenizer = _load_model(run_model_name(run_dir), device, dtype)
+            result = run_scorers_benchmark(
+                run_dir,
+                loaded,
+                tokenizer,
+                specs or DEFAULT_RUN_SCORERS,
+                seed=seed,
+                console=console,
+            )
+            typer.echo(
+                json.dumps(result.to_json(), indent=2) if as_json else run_results_markdown(result)
+            )
+            return
+        loaded, tokenizer = _load_model(model or "bundled", device, dtype)
         from stepprune.bench.scorers import results_table_markdown, run_scorer_benchmark
 
         results = run_scorer_benchmark(
-            loaded, tokenizer, specs, n_problems=problems, seed=seed, console=console
+            loaded,
+            tokenizer,
+            specs,
+            n_problems=problems,
+            seed=seed,
+            console=console,
+            planted=planted,
         )
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in results], indent=2))

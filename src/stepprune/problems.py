@@ -10,13 +10,20 @@ field, so that a user can fix the file without reading a traceback.
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stepprune.planted import DEFAULT_SIZE, PARAGRAPH_SEPARATOR, generate_planted
+from stepprune.planted import (
+    DEFAULT_SIZE,
+    DEFAULT_VARIANT,
+    PARAGRAPH_SEPARATOR,
+    PLANTED_VARIANTS,
+    generate_variant,
+)
 from stepprune.schema import Problem
 
 DATA_DIR_ENV = "STEPPRUNE_DATA_DIR"
@@ -88,7 +95,25 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
 
 
 def _valid_specs() -> str:
-    return ", ".join([*BUILTIN_DATASETS, PLANTED_SPEC]) + ", or a path to a .jsonl file"
+    planted = [PLANTED_SPEC] + [f"{PLANTED_SPEC}:{v}" for v in PLANTED_VARIANTS]
+    return ", ".join([*BUILTIN_DATASETS, *planted]) + ", or a path to a .jsonl file"
+
+
+def planted_variant(spec: str) -> str | None:
+    """The planted-set variant a dataset spec names: ``planted`` is the default (semantic),
+    ``planted:causal`` / ``planted:semantic`` name one; None for any other spec."""
+    if spec == PLANTED_SPEC:
+        return DEFAULT_VARIANT
+    prefix = PLANTED_SPEC + ":"
+    if not spec.startswith(prefix):
+        return None
+    variant = spec[len(prefix) :]
+    if variant not in PLANTED_VARIANTS:
+        raise DatasetError(
+            f"unknown planted variant {variant!r} in {spec!r}: expected "
+            + " or ".join(f"{prefix}{v}" for v in PLANTED_VARIANTS)
+        )
+    return variant
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -271,10 +296,11 @@ def _load_builtin(name: str, data_dir: Path | None) -> list[Problem]:
 def load_problems(
     spec: str, data_dir: Path | None = None, limit: int | None = None, seed: int = 0
 ) -> list[Problem]:
-    """Problems named by ``spec``: ``planted``, a built-in name, or a path to a .jsonl file.
+    """Problems named by ``spec``: ``planted[:variant]``, a built-in name, or a .jsonl path.
 
     Args:
-        spec: ``planted`` (the generated set, ``limit`` or 30 problems from ``seed``), one of
+        spec: ``planted`` (the generated set, ``limit`` or 30 problems from ``seed``;
+            ``planted:causal`` or ``planted:semantic`` pick a variant, plain is semantic), one of
             ``BUILTIN_DATASETS`` (read from ``data_dir``, else ``$STEPPRUNE_DATA_DIR``, else the
             Hugging Face hub), or a JSONL path.
         data_dir: Folder with local copies of the built-in datasets.
@@ -286,8 +312,9 @@ def load_problems(
     """
     if limit is not None and limit <= 0:
         raise DatasetError(f"limit must be a positive number of problems, got {limit}")
-    if spec == PLANTED_SPEC:
-        return generate_planted(n=limit or DEFAULT_SIZE, seed=seed)
+    variant = planted_variant(spec)
+    if variant is not None:
+        return generate_variant(variant, limit or DEFAULT_SIZE, seed)
     if spec in BUILTIN_DATASETS:
         problems = _load_builtin(spec, data_dir)
     elif spec.endswith(".jsonl") or Path(spec).is_file():
@@ -298,7 +325,13 @@ def load_problems(
 
 
 def dataset_name(spec: str) -> str:
-    """A short name for reports and run folders: the built-in name, or a file's stem."""
-    if spec == PLANTED_SPEC or spec in BUILTIN_DATASETS:
+    """A short name for reports and run folders: the built-in name, ``planted`` (either
+    spelling of the default variant, which are the same set) or ``planted-<variant>``, or a
+    file's stem."""
+    if spec in BUILTIN_DATASETS:
         return spec
     return Path(spec).stem or spec
+    with contextlib.suppress(DatasetError):  # an unknown variant is named as it is given
+        variant = planted_variant(spec)
+        if variant is not None:
+            return PLANTED_SPEC if variant == DEFAULT_VARIANT else f"{PLANTED_SPEC}-{variant}"

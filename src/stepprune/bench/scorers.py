@@ -34,7 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from stepprune.bench.auroc import auroc, auroc_bootstrap_ci
 from stepprune.grading import Grader
 from stepprune.modes import Pruning, TextMode
-from stepprune.planted import generate_planted
+from stepprune.planted import CAUSAL, DEFAULT_VARIANT, SEMANTIC, generate_variant
 from stepprune.policies import POLICIES
 from stepprune.runfolder import threshold_key
 from stepprune.schema import Problem, Trace
@@ -43,8 +43,10 @@ from stepprune.session import Session
 from stepprune.stats import DEFAULT_RESAMPLES
 from stepprune.traces import teacher_forced_output
 
-# The scorers the benchmark runs by default: the notebook's score, each attention option on its
-# own, the ablation reference, and the baselines.
+# The scorers both benchmarks (planted, and --run) run by default, the one list to extend: the
+# notebook's score, each attention option on its own, the other cheap scorers (each a few
+# forwards per trace, with their default options), the ablation reference, and the baselines.
+# ``resampling`` is left out: it samples (steps + 1) x k answers per trace.
 DEFAULT_SCORERS: tuple[str, ...] = (
     "attention",
     "attention:agg=mean",
@@ -56,6 +58,11 @@ DEFAULT_SCORERS: tuple[str, ...] = (
     "attention:query=answer",
     "attention:query=probe",
     "attention:query=probe,agg=mean",
+    "entropy",
+    "entropy:agg=mean",
+    "redundancy",
+    "forced-answer",
+    "mix:a=attention,b=entropy",
     "ablation",
     "random",
     "length",
@@ -67,6 +74,9 @@ DEFAULT_PROBLEMS = 30
 # The cue ends in "\boxed{", so an answer is a number and a brace: a few tokens. The budget only
 # bounds a model that rambles instead (answers stop at their first complete box anyway).
 DEFAULT_ANSWER_MAX_TOKENS = 16
+# The causal set's answer is a list of up to four two-digit numbers ("16, 36, 13, 48}"): about
+# twice as many tokens.
+ANSWER_MAX_TOKENS = {SEMANTIC: DEFAULT_ANSWER_MAX_TOKENS, CAUSAL: 2 * DEFAULT_ANSWER_MAX_TOKENS}
 LENGTH_BASELINE = "length"
 POSITION_BASELINE = "position"
 PRUNING_POLICY = "percentile"
@@ -199,10 +209,11 @@ def run_scorer_benchmark(
     n_problems: int = DEFAULT_PROBLEMS,
     seed: int = 0,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    answer_max_tokens: int = DEFAULT_ANSWER_MAX_TOKENS,
+    answer_max_tokens: int | None = None,
     progress: bool = True,
     n_resamples: int = DEFAULT_RESAMPLES,
     console: Console | None = None,
+    planted: str = DEFAULT_VARIANT,
 ) -> list[ScorerResult]:
     """Run every scorer on ``n_problems`` planted problems; one result per spec, in order.
 
@@ -210,13 +221,16 @@ def run_scorer_benchmark(
         model, tokenizer: Any causal LM of the pipeline (e.g. from ``load_model``).
         scorer_specs: Scorer spec strings; None runs ``DEFAULT_SCORERS``. An unknown
             scorer or option raises the registry's ``SpecError`` before any work is done.
-        n_problems, seed: Size and seed of the planted set (``generate_planted``); ``seed`` also
+        n_problems, seed: Size and seed of the planted set (``generate_variant``); ``seed`` also
             seeds the bootstrap.
         thresholds: Pruning thresholds of the percentile policy, each in [0, 1).
-        answer_max_tokens: Budget of each re-evaluated answer.
+        answer_max_tokens: Budget of each re-evaluated answer (None: the variant's
+            ``ANSWER_MAX_TOKENS``).
         progress: Show a progress bar (on ``console``, stderr by default).
         n_resamples: Bootstrap resamples of the confidence interval.
         console: Where the progress bar and warnings go.
+        planted: The planted set's variant: ``semantic`` or ``causal``
+            (``stepprune.planted.PLANTED_VARIANTS``).
 
     Scorers get the chat format and the problem's reference answer (``Session.score``), which
     the probe-query attention and the ablation scorers need.
@@ -228,6 +242,9 @@ def run_scorer_benchmark(
     """
     if n_problems < 1:
         raise ValueError(f"n_problems must be >= 1, got {n_problems}")
+    problems = generate_variant(planted, n_problems, seed)  # an unknown variant fails here
+    if answer_max_tokens is None:
+        answer_max_tokens = ANSWER_MAX_TOKENS[planted]
     if answer_max_tokens < 1:
         raise ValueError(f"answer_max_tokens must be >= 1, got {answer_max_tokens}")
     specs = list(DEFAULT_SCORERS if scorer_specs is None else scorer_specs)
@@ -248,7 +265,7 @@ def run_scorer_benchmark(
     console = console or Console(stderr=True)
     with Grader() as grader, _progress(console, progress) as bar:
         session = Session(model, tokenizer, scorer=scorers[0], policy=policy, grader=grader)
-        items, skipped = labelled_traces(session, generate_planted(n_problems, seed))
+        items, skipped = labelled_traces(session, problems)
         if skipped:
             console.print(
                 f"[yellow]warning:[/yellow] {len(skipped)} of {n_problems} planted traces left "

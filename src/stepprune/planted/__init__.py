@@ -30,8 +30,14 @@ again, and no filler follows the final result: the last number of every trace is
 because small models answer with the most recent number they read, and a planted step must not
 change the full-context answer. Since some kind fits every position, the kind never constrains
 where a planted step goes.
+
+That is the ``semantic`` variant: a step is necessary because the derivation needs it, yet a
+model re-answering from the trace needs only the last one. The ``causal`` variant
+(:mod:`stepprune.planted.causal`, ``generate_causal``) asks for every intermediate result, so
+each necessary step is needed by the answer itself; ``generate_variant`` picks one by name.
 """
 
+from stepprune.planted.causal import generate_causal
 from stepprune.planted.generate import DEFAULT_SIZE, PARAGRAPH_SEPARATOR, generate_planted
 from stepprune.planted.planting import (
     FALSE_START,
@@ -50,9 +56,18 @@ from stepprune.planted.planting import (
     approx_tokens,
 )
 from stepprune.planted.scenarios import TEMPLATES
+from stepprune.planted.variants import (
+    CAUSAL,
+    DEFAULT_VARIANT,
+    PLANTED_VARIANTS,
+    SEMANTIC,
+    generate_variant,
+)
 
 __all__ = [
+    "CAUSAL",
     "DEFAULT_SIZE",
+    "DEFAULT_VARIANT",
     "FALSE_START",
     "IRRELEVANT",
     "LEAD_INS",
@@ -64,10 +79,14 @@ __all__ = [
     "PARAGRAPH_SEPARATOR",
     "PLANTED",
     "PLANTED_KINDS",
+    "PLANTED_VARIANTS",
     "RECHECK",
     "RESTATEMENT",
+    "SEMANTIC",
     "TAILS",
     "TEMPLATES",
     "approx_tokens",
+    "generate_causal",
     "generate_planted",
+    "generate_variant",
 ]

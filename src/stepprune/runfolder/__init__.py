@@ -10,6 +10,8 @@ Layout of ``--out``::
                      holds exactly problems x samples x thresholds for each scorer)
     summary.json, results.md, importance.png   written at the end of every run
     .lock            held (flock) while a run writes the folder
+    bench_scorers.jsonl  `stepprune bench scorers --run`: its ablation references, scores and
+                     graded answers (a re-run resumes from them)
 
 Lines are appended, flushed and fsynced one unit at a time. A run killed mid-write leaves at
 most one partial last line: the writer cuts it when it opens the folder, the reader skips it.
@@ -20,8 +22,9 @@ one rule for what is a random-control record, ``control_owner`` the one rule for
 a control record controls.
 """
 
-from stepprune.runfolder.jsonl import read_jsonl, write_atomic
+from stepprune.runfolder.jsonl import append_jsonl, read_jsonl, write_atomic
 from stepprune.runfolder.names import (
+    BENCH_SCORERS_FILE,
     CONFIG_FILE,
     CONTROL_SCORER,
     CONTROLS_FILE,
@@ -50,6 +53,7 @@ from stepprune.runfolder.reader import Run, adopt_legacy_controls, load_run
 from stepprune.runfolder.writer import RunFolder
 
 __all__ = [
+    "BENCH_SCORERS_FILE",
     "CONFIG_FILE",
     "CONTROL_SCORER",
     "CONTROLS_FILE",
@@ -67,6 +71,7 @@ __all__ = [
     "RunFolder",
     "RunFolderError",
     "adopt_legacy_controls",
+    "append_jsonl",
     "control_owner",
     "control_spec",
     "controlled_scorer",

@@ -20,6 +20,9 @@ SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.md"
 IMPORTANCE_PLOT = "importance.png"
 LOCK_FILE = ".lock"
+# `stepprune bench scorers --run`: the ablation references, scores and graded answers it
+# computed on the folder, so that a re-run resumes (see bench.run_scorers).
+BENCH_SCORERS_FILE = "bench_scorers.jsonl"
 # Everything a run folder may hold (a report folder included).
 RUN_FILES = frozenset(
     {
@@ -32,6 +35,7 @@ RUN_FILES = frozenset(
         RESULTS_FILE,
         IMPORTANCE_PLOT,
         LOCK_FILE,
+        BENCH_SCORERS_FILE,
         "report",
         "config.json.tmp",
         "summary.json.tmp",

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from stepprune.runfolder.jsonl import _parse, _read_json, _read_scores, write_atomic
+from stepprune.runfolder.jsonl import (
+    _parse,
+    _read_json,
+    _read_scores,
+    append_jsonl,
+    write_atomic,
+)
 from stepprune.runfolder.names import (
     CONFIG_FILE,
     CONTROLS_FILE,
@@ -115,11 +120,7 @@ class RunFolder:
         self.close()
 
     def _append(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
-        with (self.out / name).open("a", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl(self.out / name, rows)
 
     def add_trace(self, trace: Trace) -> None:
         self._append(TRACES_FILE, [trace.to_json()])
