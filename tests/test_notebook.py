@@ -35,7 +35,15 @@ def test_every_notebook_command_parses_with_the_cli() -> None:
         context = sub.make_context(command[1], command[2:], resilient_parsing=False)
         assert context.params  # parsed without a usage error
         if command[1] == "run":
-            assert context.params["load_in_4bit"] and context.params["dataset"] == "aime24"
+            params = context.params
+            assert params["dataset"] == "aime24"
+            # The T4 (15 GB, no bfloat16): 4-bit weights with the
+            # transformers engine, or float16 with vLLM (which loads no NF4 weights).
+            if params["engine"] == "vllm":
+                assert params["dtype"] == "float16" and not params["load_in_4bit"]
+                assert params["gpu_memory_utilization"] <= 0.6
+            else:
+                assert params["load_in_4bit"]
 
 
 def test_a_wrong_option_would_be_caught() -> None:

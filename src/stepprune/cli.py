@@ -40,14 +40,20 @@ def one_line(text: str) -> str:
 
 def _is_user_error(error: BaseException) -> bool:
     """Errors in the user's input: bad datasets, specs, run folders, settings (ValueError),
-    models that cannot be loaded, files that cannot be read or written (OSError)."""
+    models that cannot be loaded, files that cannot be read or written (OSError), a vLLM that
+    is missing or cannot start."""
     if isinstance(error, DatasetError | RunFolderError | SpecError | ValueError | OSError):
         return True
-    # models imports torch: a ModelLoadError can only exist once it has been imported.
-    models = sys.modules.get("stepprune.models")
-    grading = sys.modules.get("stepprune.grading")
-    return (models is not None and isinstance(error, models.ModelLoadError)) or (
-        grading is not None and isinstance(error, grading.GradingError)
+    # These modules import torch: their errors can only exist once they have been imported.
+    kinds = [
+        ("stepprune.models", "ModelLoadError"),
+        ("stepprune.grading", "GradingError"),
+        ("stepprune.engines.vllm", "VLLMError"),
+    ]
+    return any(
+        isinstance(error, getattr(sys.modules[module], name))
+        for module, name in kinds
+        if module in sys.modules
     )
 
 
@@ -149,8 +155,8 @@ def run(
     dataset: Annotated[
         str,
         typer.Option(
-            help="aime24 | aime25 | math500 | gsm8k | amc23 | planted | path to a .jsonl "
-            "(id, problem, answer; optional reasoning)."
+            help="aime24 | aime25 | math500 | gsm8k | amc23 | planted[:semantic|causal] | path "
+            "to a .jsonl (id, problem, answer; optional reasoning, or prompt_ids + output_ids)."
         ),
     ] = "planted",
     data_dir: Annotated[
@@ -202,8 +208,36 @@ def run(
         ),
     ] = "text",
     engine: Annotated[
-        str, typer.Option(help="Engine for traces and text-mode answers: hf (transformers).")
+        str,
+        typer.Option(
+            help="Engine for traces and text-mode answers: hf (transformers) | vllm (vLLM in "
+            "its own process: `make vllm`, or the extra 'vllm' on a GPU)."
+        ),
     ] = "hf",
+    tensor_parallel_size: Annotated[
+        int, typer.Option(help="vllm engine: GPUs per model (tensor parallelism).")
+    ] = 1,
+    data_parallel_size: Annotated[
+        int, typer.Option(help="vllm engine: model replicas (data parallelism).")
+    ] = 1,
+    gpu_memory_utilization: Annotated[
+        float | None,
+        typer.Option(
+            help="vllm engine: share of GPU memory vLLM takes (default 0.5 on a GPU, beside "
+            "the transformers model that scores)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Ray workers for the transformers stages (scoring, kv/online modes, hf "
+            "traces), each with its own model on one device (extra 'ray')."
+        ),
+    ] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="A running Ray cluster to spread the work over (e.g. ray://host:10001)."),
+    ] = None,
     positions: Annotated[
         str, typer.Option(help="kv mode: original positions (gaps) | rerotate kept keys.")
     ] = "original",
@@ -252,6 +286,11 @@ def run(
             segmenter=segmenter,
             mode=mode,
             engine=engine,
+            tensor_parallel_size=tensor_parallel_size,
+            data_parallel_size=data_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            workers=workers,
+            ray_address=ray_address,
             positions=positions,
             interval=interval,
             budget=budget,

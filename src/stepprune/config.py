@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from stepprune.decoding import SamplingConfig
+from stepprune.engines.vllm import VLLMOptions
 from stepprune.problems import dataset_name
 from stepprune.steps import DEFAULT_MIN_STEP_CHARS, SEGMENTERS
 
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 MODE_NAMES = ("text", "kv", "online")
-# Engines for plain decoding (traces, text-mode answers); a vLLM engine is planned (issue 10).
-ENGINE_NAMES = ("hf",)
+# Engines for plain decoding (traces, text-mode answers): transformers, or vLLM in a process.
+ENGINE_NAMES = ("hf", "vllm")
 # The scorer when none is given: the notebook's, except online, which can only score the
 # cached steps with a probe (Think Clearly).
 DEFAULT_SCORER = {"text": "attention", "kv": "attention", "online": "attention:query=probe"}
@@ -50,6 +51,12 @@ class RunConfig:
     control: bool = True
     grade_timeout: float = 10.0
     out: str | None = None
+    # Where the work runs; not part of a folder's identity (the records are the same).
+    workers: int = 1
+    ray_address: str | None = None
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -73,6 +80,18 @@ class RunConfig:
             raise ValueError(f"--segmenter {self.segmenter!r}: choose from {', '.join(SEGMENTERS)}")
         if self.engine not in ENGINE_NAMES:
             raise ValueError(f"--engine {self.engine!r}: choose from {', '.join(ENGINE_NAMES)}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.engine != "vllm" and (
+            self.tensor_parallel_size != 1
+            or self.data_parallel_size != 1
+            or self.gpu_memory_utilization is not None
+        ):
+            raise ValueError(
+                "--tensor-parallel-size, --data-parallel-size and --gpu-memory-utilization "
+                "apply to --engine vllm only"
+            )
+        self.vllm_options()  # validates them
         if self.mode not in MODE_NAMES:
             raise ValueError(f"--mode {self.mode!r}: choose from {', '.join(MODE_NAMES)}")
         if self.mode != "kv" and self.positions != "original":
@@ -83,6 +102,13 @@ class RunConfig:
         self.scorer = self.scorer or DEFAULT_SCORER[self.mode]
         # Sorted, without duplicates, rounded like threshold keys (0.1 * 3 is 0.3).
         self.thresholds = sorted({round(float(t), 6) for t in self.thresholds})
+
+    def vllm_options(self) -> VLLMOptions:
+        return VLLMOptions(
+            tensor_parallel_size=self.tensor_parallel_size,
+            data_parallel_size=self.data_parallel_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+        )
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.max_new_tokens, self.temperature, self.top_p)

@@ -16,14 +16,12 @@ from __future__ import annotations
 import platform
 import sys
 import time
-import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import transformers
 from rich.console import Console
@@ -32,40 +30,33 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import stepprune
 from stepprune.config import RunConfig
 from stepprune.decoding import SamplingConfig
+from stepprune.engines import Engine, VLLMEngine
+from stepprune.engines.vllm import vllm_python
 from stepprune.grading import Grader
 from stepprune.models import (
     ModelLoadError,
     check_model_options,
-    load_model,
     resolve_model_source,
     resolved_dtype,
 )
-from stepprune.modes import MODES, Mode, Pruning, to_record
+from stepprune.modes import MODES
 from stepprune.policies import POLICIES
 from stepprune.problems import load_problems
 from stepprune.reporting.run_outputs import write_run_outputs
-from stepprune.runfolder import RunFolder, RunFolderError, control_spec, threshold_key
+from stepprune.runfolder import RunFolder, RunFolderError
+from stepprune.runner import UnitResult, build_mode, control_of
 from stepprune.schema import Problem, Trace
 from stepprune.scorers import SCORERS, Scorer
-from stepprune.session import Segmenter, Session
+from stepprune.session import sample_seed
+from stepprune.workers import LocalPool, RayPool, open_pool
+
+Pool = LocalPool | RayPool
 
 # Units per engine call while tracing: large enough to batch, small enough to resume often.
 TRACE_CHUNK = 8
-
-
-def build_mode(config: RunConfig) -> Mode:
-    """The re-evaluation mode a config asks for, from the ``MODES`` registry."""
-    return MODES.get(config.mode).from_config(config)
-
-
-def control_mask(seed: int, trace: Trace, threshold: float, kept: int) -> tuple[bool, ...]:
-    """The random control: ``kept`` steps chosen at random, seeded by run seed, trace and
-    threshold, so it keeps as many steps as the scorer it controls."""
-    key = f"{seed}:{trace.problem_id}:{trace.sample}:{threshold_key(threshold)}"
-    chosen = np.random.default_rng(zlib.crc32(key.encode())).permutation(len(trace.steps))
-    keep = np.zeros(len(trace.steps), dtype=bool)
-    keep[chosen[:kept]] = True
-    return tuple(keep.tolist())
+# Units whose answers one driver-side engine call decodes (vLLM): its batch, and how much work a
+# killed run can lose.
+ANSWER_CHUNK = 64
 
 
 def _environment() -> dict[str, str]:
@@ -100,27 +91,16 @@ class Experiment:
         )
         # The control of this scorer: it keeps as many steps as this scorer at each threshold,
         # so its spec names the scorer (another --scorer on the folder gets its own control).
-        self.control = (
-            control_spec(config.seed, self.scorer.spec)
-            if config.control and not self.mode.decides_online
-            else None
-        )
+        self.control = control_of(config, self.mode, self.scorer.spec)
         self.units = [(p, s) for p in self.problems for s in range(config.samples)]
-
-    def prunings(self, session: Session, trace: Trace, importances: list[float]) -> list[Pruning]:
-        """What to re-evaluate for one trace: the scorer's mask at every threshold and the
-        random control beside each (online mode decides during generation: no masks)."""
-        thresholds = self.config.thresholds
-        if self.mode.decides_online:
-            return [Pruning(self.scorer.spec, t) for t in thresholds]
-        masks = session.keep_masks(importances, thresholds)
-        prunings = [Pruning(self.scorer.spec, t, m) for t, m in zip(thresholds, masks, strict=True)]
-        if self.control is not None:
-            prunings += [
-                Pruning(self.control, t, control_mask(self.config.seed, trace, t, sum(m)))
-                for t, m in zip(thresholds, masks, strict=True)
-            ]
-        return prunings
+        if config.engine == "vllm":
+            vllm_python()  # vLLM is there to start, before anything is loaded
+        brought = next((p for p in self.problems if p.output_ids is not None), None)
+        if brought is not None and (config.samples > 1 or self.mode.name == "online"):
+            raise ValueError(
+                f"problem {brought.id!r} brings its trace (output_ids): one sample each, "
+                "pruned with --mode text or kv (online mode generates its own trace)"
+            )
 
     def _pending(self, folder: RunFolder) -> tuple[list[tuple[Problem, int]], list]:
         """Units without a trace, and units whose scores or records are incomplete."""
@@ -181,13 +161,10 @@ class Experiment:
         if check is not None:
             check(model_config, cached_only=self.mode.decides_online)
 
-    def _check_session(self, session: Session, untraced: list[tuple[Problem, int]]) -> None:
+    def _check_loaded(self, pool: Pool, untraced: list[tuple[Problem, int]]) -> None:
         """Checks that need the loaded model, made before config.json or any trace is written."""
-        check = getattr(self.scorer, "check_model", None)
-        if check is not None:
-            check(session.model.config, cached_only=self.mode.decides_online)
         problems = list({p.id: p for p, _ in untraced}.values())
-        warning = session.check_lengths(problems, self.config.max_new_tokens)
+        warning = pool.call("check", problems)
         if warning:
             self.err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
 
@@ -201,11 +178,15 @@ class Experiment:
             self._check_unchanged(folder)
             untraced, unfinished = self._pending(folder)
             if unfinished:
-                with Grader(timeout_s=cfg.grade_timeout) as grader:
-                    session = self._load(grader)
-                    self._check_session(session, untraced)
+                with Grader(timeout_s=cfg.grade_timeout) as grader, ExitStack() as stack:
+                    pool = self._open_pool(grader)
+                    stack.callback(pool.close)
+                    self._check_loaded(pool, untraced)
+                    engine = self._open_engine(pool) if cfg.engine != "hf" else None
+                    if engine is not None:
+                        stack.callback(engine.close)
                     folder.write_config()
-                    self._work(session, folder, untraced, unfinished)
+                    self._work(pool, engine, folder, untraced, unfinished)
                 if grader.timeouts:
                     self.err.print(
                         f"note: grading timed out on {grader.timeouts} answer(s) (math-verify, "
@@ -229,27 +210,49 @@ class Experiment:
                 err=self.err,
             )
 
-    def _load(self, grader: Grader) -> Session:
+    def _open_pool(self, grader: Grader) -> Pool:
         cfg = self.config
         started = time.perf_counter()
-        with self.err.status(f"loading model {cfg.model} ..."):
-            model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, cfg.load_in_4bit)
-        session = Session(
-            model,
-            tokenizer,
-            scorer=self.scorer,
-            policy=self.policy,
-            segmenter=Segmenter(cfg.segmenter, cfg.min_step_chars),
-            grader=grader,
-            engine=cfg.engine,
-        )
-        kind = "thinking" if session.format.is_thinking else "non-thinking"
+        where = f" on {cfg.workers} Ray worker(s)" if cfg.workers > 1 or cfg.ray_address else ""
+        with self.err.status(f"loading model {cfg.model}{where} ..."):
+            pool = open_pool(cfg, grader)
         self.err.print(
-            f"model {cfg.model}: {kind}, {model.config.num_hidden_layers} layers, "
-            f"{model.device}, {model.dtype}, loaded in {time.perf_counter() - started:.0f} s",
+            f"model {cfg.model}: {pool.call('describe')}, loaded{where} in "
+            f"{time.perf_counter() - started:.0f} s",
             highlight=False,
         )
-        return session
+        return pool
+
+    def _open_engine(self, pool: Pool) -> Engine:
+        """The driver's engine for plain decoding (vLLM, in its own process)."""
+        started = time.perf_counter()
+        with self.err.status("starting vLLM ..."):
+            inputs = pool.call("engine_inputs")
+            options = replace(
+                self.config.vllm_options(), max_model_len=self._max_model_len(pool, inputs)
+            )
+            engine = VLLMEngine(
+                inputs.model_dir,
+                inputs.tokenizer,
+                inputs.eos_ids,
+                dtype=inputs.dtype,
+                seed=self.config.seed,
+                options=options,
+            )
+        self.box_prefix = inputs.box_prefix
+        self.err.print(
+            f"vLLM {engine.process.version} started in {time.perf_counter() - started:.0f} s",
+            highlight=False,
+        )
+        return engine
+
+    def _max_model_len(self, pool: Pool, inputs) -> int:
+        """The longest sequence the run decodes: the longest prompt, a whole trace, the answer
+        cue and an answer (vLLM sizes its cache by it; the model's own limit can be 128k)."""
+        prompts = pool.call("prompt_ids", self.problems)
+        cfg = self.config
+        needed = max(len(p) for p in prompts) + cfg.max_new_tokens + cfg.answer_max_tokens + 64
+        return min(needed, inputs.context_limit) if inputs.context_limit else needed
 
     @contextmanager
     def _progress(self) -> Iterator[Progress]:
@@ -264,46 +267,96 @@ class Experiment:
 
     def _work(
         self,
-        session: Session,
+        pool: Pool,
+        engine: Engine | None,
         folder: RunFolder,
         untraced: list[tuple[Problem, int]],
         unfinished: list[tuple[Problem, int]],
     ) -> None:
-        sampling = self.config.sampling()
         with self._progress() as progress:
             if untraced:
                 task = progress.add_task("tracing", total=len(untraced))
-                for begin in range(0, len(untraced), TRACE_CHUNK):
-                    chunk = untraced[begin : begin + TRACE_CHUNK]
-                    for trace in session.traces(chunk, sampling, self.config.seed):
-                        folder.add_trace(trace)
-                    progress.advance(task, len(chunk))
+                for trace in self._traces(pool, engine, untraced):
+                    folder.add_trace(trace)
+                    progress.advance(task)
             task = progress.add_task("re-evaluating", total=len(unfinished))
-            for problem, sample in unfinished:
-                progress.update(task, description=f"{problem.id}#{sample}: re-evaluating")
-                self._finish_unit(session, folder, problem, folder.traces[(problem.id, sample)])
+            items = [
+                (problem, folder.traces[(problem.id, sample)]) for problem, sample in unfinished
+            ]
+            if engine is not None and self.mode.name == "text":
+                results = self._answered_by_engine(pool, engine, folder, items)
+            else:
+                calls = [("evaluate", (p, t, self._importances(folder, t))) for p, t in items]
+                results = _spread(pool, calls)
+            for result in results:
+                self._add(folder, result)
                 progress.advance(task)
 
-    def _finish_unit(
-        self, session: Session, folder: RunFolder, problem: Problem, trace: Trace
-    ) -> None:
-        """Score (if this scorer has not yet) and re-evaluate every threshold of one trace.
+    def _traces(
+        self, pool: Pool, engine: Engine | None, units: list[tuple[Problem, int]]
+    ) -> Iterator[Trace]:
+        """Traces of ``units`` as they are finished.
 
-        All thresholds are evaluated together, so batches of greedy answers, and hence the
-        answers, do not depend on which records a resumed run still lacks.
+        With the workers' own engine (hf), chunks of ``TRACE_CHUNK`` units, each generated in
+        one call: the chunks are the same whatever the number of workers, so the traces are
+        too. With a driver-side engine (vLLM), every generated unit in one job; each output is
+        handed to a worker to be segmented, scored and graded the moment vLLM finishes it.
         """
-        importances = folder.importances(trace, self.scorer.spec)
-        if importances is None:  # a trace reused from a run with another scorer
-            importances = session.score(trace, problem)
-            folder.add_scores(trace, self.scorer.spec, importances)
-        prunings = self.prunings(session, trace, importances)
-        if all(
-            folder.has_record(trace.problem_id, trace.sample, p.threshold, p.scorer)
-            for p in prunings
-        ):
+        if engine is None:
+            for traces in _spread(pool, _trace_calls(units)):
+                yield from traces
             return
-        outcomes = self.mode.evaluate(session, problem, trace, prunings)
-        folder.add_records([to_record(session, self.mode, problem, trace, o) for o in outcomes])
+        for traces in _spread(pool, _trace_calls([(p, s) for p, s in units if p.brings_trace])):
+            yield from traces
+        generated = [(p, s) for p, s in units if not p.brings_trace]
+        prompts = pool.call("prompt_ids", [p for p, _ in generated])
+        seeds = [sample_seed(self.config.seed, p.id, s) for p, s in generated]
+        for index, output in engine.sample_stream(prompts, seeds, self.config.sampling()):
+            problem, sample = generated[index]
+            pool.submit("finish", problem, sample, prompts[index], output.ids)
+            yield from pool.results(wait=False)
+        yield from pool.results()
+
+    def _answered_by_engine(
+        self, pool: Pool, engine: Engine, folder: RunFolder, items: list[tuple[Problem, Trace]]
+    ) -> Iterator[UnitResult]:
+        """Text mode with a driver-side engine: the workers prepare contexts, the engine answers
+        ``ANSWER_CHUNK`` units' contexts in one call, the workers grade them into records."""
+        for begin in range(0, len(items), ANSWER_CHUNK):
+            chunk = items[begin : begin + ANSWER_CHUNK]
+            calls = [("prepare", (p, t, self._importances(folder, t))) for p, t in chunk]
+            prepared = list(_spread(pool, calls))
+            contexts = [c for unit in prepared for c in unit.contexts]
+            answers = engine.greedy(contexts, self.config.answer_max_tokens, self.box_prefix)
+            calls, offset = [], 0
+            for unit in prepared:
+                calls.append(("complete", (unit, answers[offset : offset + len(unit.contexts)])))
+                offset += len(unit.contexts)
+            yield from _spread(pool, calls)
+
+    def _importances(self, folder: RunFolder, trace: Trace) -> list[float] | None:
+        return folder.importances(trace, self.scorer.spec)
+
+    def _add(self, folder: RunFolder, result: UnitResult) -> None:
+        """Write one unit's importances (when new) and records; the folder skips records it has."""
+        trace = folder.traces[(result.problem_id, result.sample)]
+        if result.importances is not None and self._importances(folder, trace) is None:
+            folder.add_scores(trace, self.scorer.spec, result.importances)
+        folder.add_records(result.records)
+
+
+def _trace_calls(units: list[tuple[Problem, int]]) -> list[tuple[str, tuple]]:
+    """One ``traces`` call per chunk of ``TRACE_CHUNK`` units."""
+    return [("traces", (units[b : b + TRACE_CHUNK],)) for b in range(0, len(units), TRACE_CHUNK)]
+
+
+def _spread(pool: Pool, calls: list[tuple[str, tuple]]) -> Iterator[Any]:
+    """Submit ``calls`` to the pool's workers, handing back each result as soon as it is done
+    (so the driver writes while workers work; in one process, right after each call)."""
+    for method, args in calls:
+        pool.submit(method, *args)
+        yield from pool.results(wait=False)
+    yield from pool.results()
 
 
 def run_experiment(

@@ -247,6 +247,17 @@ class ChatFormat:
             text = f"Question: {messages[0]['content']}\nAnswer: "
         return self.encode(text)
 
+    def generation_prompt(self) -> str:
+        """The text the chat template ends every prompt with (the assistant's header, and
+        ``<think>\\n`` for R1-distill): what a prompt made elsewhere must end with too."""
+        if not self.tokenizer.chat_template:
+            return "\nAnswer: "
+        messages = [{"role": "user", "content": "x"}]
+        render = self.tokenizer.apply_chat_template
+        full = render(messages, add_generation_prompt=True, tokenize=False)
+        bare = render(messages, add_generation_prompt=False, tokenize=False)
+        return full[len(bare) :] if full.startswith(bare) else ""
+
     def opens_reasoning(self, prompt_ids: list[int]) -> bool:
         """Whether the prompt already opened the thinking section (R1-distill's template)."""
         tail = prompt_ids[-3:]

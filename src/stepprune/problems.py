@@ -3,14 +3,15 @@
 A JSONL file has one object per line with ``id``, ``problem`` and ``answer``, and optionally
 ``reasoning`` (the user's own trace, which is then teacher-forced instead of generated),
 ``final`` (the answer section after the reasoning) and ``step_labels`` (one label per paragraph
-of ``reasoning``). Every problem in the input is reported as one line naming the file, line and
-field, so that a user can fix the file without reading a traceback.
+of ``reasoning``), or ``prompt_ids`` and ``output_ids`` (a whole trace as token ids, made
+elsewhere: scored and pruned as is). Every problem in the input is reported as one line naming
+the file, line and field, so that a user can fix the file without reading a traceback.
 """
 
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -171,7 +172,42 @@ def _parse_record(record: dict[str, Any], where: str) -> Problem:
                 f"{where}: field 'step_labels' has {len(labels)} labels but 'reasoning' has "
                 f"{count} paragraphs (separated by blank lines)"
             )
-    return Problem(**values, reasoning=reasoning, final=final, step_labels=labels)
+    prompt_ids, output_ids = _parse_ids(record, where)
+    if output_ids is not None and reasoning is not None:
+        raise DatasetError(f"{where}: give either 'reasoning' or 'prompt_ids'/'output_ids'")
+    return Problem(
+        **values,
+        reasoning=reasoning,
+        final=final,
+        step_labels=labels,
+        prompt_ids=prompt_ids,
+        output_ids=output_ids,
+    )
+
+
+def _parse_ids(record: dict[str, Any], where: str) -> tuple[list[int] | None, list[int] | None]:
+    """``prompt_ids`` and ``output_ids`` of a trace made elsewhere: both or neither, each a
+    non-empty list of non-negative integers (checked against the model's vocabulary later)."""
+    given = [name for name in ("prompt_ids", "output_ids") if record.get(name) is not None]
+    if not given:
+        return None, None
+    if len(given) == 1:
+        other = "output_ids" if given[0] == "prompt_ids" else "prompt_ids"
+        raise DatasetError(f"{where}: field '{given[0]}' is given without '{other}'")
+    ids = []
+    for name in ("prompt_ids", "output_ids"):
+        value = record[name]
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value)
+        ):
+            raise DatasetError(
+                f"{where}: field '{name}' must be a non-empty list of token ids (integers >= 0), "
+                f"got {_show(value)}"
+            )
+        ids.append(value)
+    return ids[0], ids[1]
 
 
 def load_jsonl(path: Path) -> list[Problem]:
@@ -330,8 +366,8 @@ def dataset_name(spec: str) -> str:
     file's stem."""
     if spec in BUILTIN_DATASETS:
         return spec
-    return Path(spec).stem or spec
     with contextlib.suppress(DatasetError):  # an unknown variant is named as it is given
         variant = planted_variant(spec)
         if variant is not None:
             return PLANTED_SPEC if variant == DEFAULT_VARIANT else f"{PLANTED_SPEC}-{variant}"
+    return Path(spec).stem or spec

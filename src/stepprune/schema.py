@@ -68,6 +68,9 @@ class Problem(JsonMixin):
     is ``reasoning`` (then the model's end-of-thinking marker) followed by ``final``, the answer
     section. ``step_labels`` (planted problems only) gives, per paragraph of ``reasoning``,
     ``"necessary"`` or ``"planted"``.
+
+    A problem that carries ``prompt_ids`` and ``output_ids`` brings its whole trace as token
+    ids (from a vLLM server or another harness): it is segmented, scored and pruned as is.
     """
 
     id: str
@@ -76,6 +79,13 @@ class Problem(JsonMixin):
     reasoning: str | None = None
     final: str | None = None
     step_labels: list[str] | None = None
+    prompt_ids: list[int] | None = None
+    output_ids: list[int] | None = None
+
+    @property
+    def brings_trace(self) -> bool:
+        """Whether the trace is given (reasoning text or ids) rather than generated."""
+        return self.reasoning is not None or self.output_ids is not None
 
 
 @dataclass
@@ -171,6 +181,9 @@ class Record(JsonMixin):
     # online mode: tokens generated, peak/final cache, checkpoints, and every eviction with
     # the text that was evicted.
     online: dict[str, Any] | None = None
+    # The engine that generated the trace and decoded text-mode answers (hf, vllm); None in
+    # folders made before engines were recorded (all hf).
+    engine: str | None = None
 
     @property
     def steps_kept_pct(self) -> float:

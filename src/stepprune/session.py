@@ -58,7 +58,7 @@ class Session:
         scorer, policy: Strategies (or spec strings, built from the registries).
         segmenter: Step boundaries.
         grader: An open ``Grader`` (the caller owns its worker process); None to skip grading.
-        engine: Name of the engine for plain decoding (``hf``).
+        engine: The engine for plain decoding: ``hf`` (built on ``model``) or an ``Engine``.
     """
 
     def __init__(
@@ -69,7 +69,7 @@ class Session:
         policy: PruningPolicy | str = "percentile",
         segmenter: Segmenter | None = None,
         grader: Grader | None = None,
-        engine: str = "hf",
+        engine: str | Engine = "hf",
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.format = ChatFormat.from_tokenizer(tokenizer)
@@ -80,7 +80,12 @@ class Session:
         self.grader = grader
         self._grades: dict[tuple[str, str], Grade] = {}  # outcomes that share an answer
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.engine: Engine = ENGINES.get(engine)(model, tokenizer, self.eos_ids, pad_id)
+        if isinstance(engine, Engine):
+            self.engine = engine
+        elif engine == "hf":
+            self.engine = ENGINES.get(engine)(model, tokenizer, self.eos_ids, pad_id)
+        else:  # vllm runs in a process of its own, started with options: see engines.vllm
+            raise ValueError(f"engine {engine!r}: pass 'hf' or a started Engine")
 
     @classmethod
     def load(
@@ -98,6 +103,9 @@ class Session:
     # -- the trace pipeline ------------------------------------------------------------------
 
     def prompt_ids(self, problem: Problem) -> list[int]:
+        """The problem's own ``prompt_ids`` (a trace made elsewhere), else the chat template's."""
+        if problem.prompt_ids is not None:
+            return list(problem.prompt_ids)
         return self.format.prompt_ids(problem.problem)
 
     @property
@@ -122,7 +130,15 @@ class Session:
         short: list[tuple[str, int]] = []
         for problem in problems:
             prompt = self.prompt_ids(problem)
-            if problem.reasoning is not None:
+            if problem.output_ids is not None:
+                self.check_brought_ids(problem)
+                if len(prompt) + len(problem.output_ids) > limit:
+                    raise ValueError(
+                        f"problem {problem.id!r}: its prompt_ids and output_ids take "
+                        f"{len(prompt) + len(problem.output_ids)} tokens, more than the model's "
+                        f"context of {limit} tokens"
+                    )
+            elif problem.reasoning is not None:
                 forced, _ = teacher_forced_output(self.format, problem, prompt, self.eos_ids[0])
                 if len(prompt) + len(forced) > limit:
                     raise ValueError(
@@ -146,6 +162,28 @@ class Session:
             "past it is generated beyond the positions the model was trained on"
         )
 
+    def check_brought_ids(self, problem: Problem) -> None:
+        """Refuse a trace made elsewhere whose ids cannot be this model's: an id outside its
+        vocabulary, or a prompt that does not end with this chat template's generation prompt
+        (another template or tokenizer made it; scores would be of a different text)."""
+        vocabulary = max(len(self.tokenizer), self.model.config.get_text_config().vocab_size)
+        for name in ("prompt_ids", "output_ids"):
+            ids = getattr(problem, name) or []
+            outside = next((i for i, t in enumerate(ids) if t >= vocabulary), None)
+            if outside is not None:
+                raise ValueError(
+                    f"problem {problem.id!r}: {name}[{outside}] = {ids[outside]} is outside the "
+                    f"model's vocabulary of {vocabulary} tokens (made with another tokenizer?)"
+                )
+        header = self.format.generation_prompt()
+        text = self.tokenizer.decode(problem.prompt_ids or [])
+        if header.strip() and not text.rstrip().endswith(header.rstrip()):
+            raise ValueError(
+                f"problem {problem.id!r}: prompt_ids do not end with this model's chat template "
+                f"generation prompt {header!r} (they end with {text[-40:]!r}): was the trace made "
+                "with another model's template?"
+            )
+
     def traces(
         self,
         units: Sequence[tuple[Problem, int]],
@@ -153,14 +191,15 @@ class Session:
         seed: int = 0,
     ) -> list[Trace]:
         """Traces of ``(problem, sample)`` units: generated in one engine call (batched across
-        problems and samples, each seeded by ``sample_seed``) or teacher-forced for problems
-        that carry their reasoning; then segmented, scored and graded.
+        problems and samples, each seeded by ``sample_seed``), teacher-forced for problems
+        that carry their reasoning, or taken as is from problems that carry their ids; then
+        segmented, scored and graded.
 
         Raises:
             ValueError: a problem that cannot fit the model's context (``check_lengths``).
         """
         self.check_lengths(list({p.id: p for p, _ in units}.values()), sampling.max_new_tokens)
-        generated = [(p, s) for p, s in units if p.reasoning is None]
+        generated = [(p, s) for p, s in units if not p.brings_trace]
         outputs = self.engine.sample(
             [self.prompt_ids(p) for p, _ in generated],
             [sample_seed(seed, p.id, s) for p, s in generated],
@@ -170,7 +209,9 @@ class Session:
         traces = []
         for problem, sample in units:
             prompt = self.prompt_ids(problem)
-            if problem.reasoning is None:
+            if problem.output_ids is not None:  # made elsewhere: as is
+                trace = self.finish_trace(problem, sample, prompt, list(problem.output_ids))
+            elif problem.reasoning is None:
                 trace = self.finish_trace(problem, sample, prompt, by_unit[(problem.id, sample)])
             else:
                 forced, length = teacher_forced_output(

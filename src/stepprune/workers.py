@@ -1,0 +1,225 @@
+"""Where the transformers stages run: in this process, or spread over Ray actors.
+
+Both pools offer one interface to the experiment's driver:
+
+- ``call(method, *args)``: one call of a ``UnitRunner`` method, waited for (checks, engine
+  inputs);
+- ``submit(method, *args)`` then ``results(wait=...)``: calls spread over the workers, their
+  results handed back as they finish (in any order).
+
+``LocalPool`` runs each call at once on the driver's own runner. ``RayPool`` starts ``workers``
+actors (on a local Ray instance it starts, or on the cluster at ``address``), each loading its
+own model on one device (``num_gpus=1`` where there are GPUs) with its own grader. Only the
+driver writes the run folder; a worker returns traces, importances and records. Every call
+works on one unit (or one chunk of traces the driver fixed), so the records of a unit do not
+depend on which worker made them or how many there are.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from stepprune.config import RunConfig
+from stepprune.grading import Grader
+from stepprune.runner import UnitRunner
+
+
+class LocalPool:
+    """Runs every call on ``runner`` in this process, at once."""
+
+    def __init__(self, runner: UnitRunner) -> None:
+        self.runner = runner
+        self._done: deque[Any] = deque()
+
+    @property
+    def size(self) -> int:
+        return 1
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.runner, method)(*args)
+
+    def submit(self, method: str, *args: Any) -> None:
+        self._done.append(self.call(method, *args))
+
+    def results(self, wait: bool = True) -> Iterator[Any]:
+        while self._done:
+            yield self._done.popleft()
+
+    def close(self) -> None:
+        return None
+
+
+class _RunnerActor:
+    """A Ray actor's state: a grader and a runner built from the run's config."""
+
+    def __init__(self, config: dict[str, Any], threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self._stack = ExitStack()
+        run_config = RunConfig(**config)
+        grader = self._stack.enter_context(Grader(timeout_s=run_config.grade_timeout))
+        self.runner = UnitRunner.load(run_config, grader)
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.runner, method)(*args)
+
+    def ready(self) -> str:
+        return self.runner.describe()
+
+
+class RayPool:
+    """``workers`` Ray actors, each holding a runner (see the module docstring).
+
+    Args:
+        config: The run's config; each actor loads the model it names.
+        workers: Number of actors.
+        address: A running Ray cluster's address; None starts a local Ray instance (and shuts
+            it down on ``close``).
+    """
+
+    def __init__(self, config: RunConfig, workers: int, address: str | None = None) -> None:
+        try:
+            import ray
+            from ray.util import ActorPool
+        except ImportError as error:
+            raise RuntimeError(
+                "--workers and --ray-address need Ray: pip install 'stepprune[ray]'"
+            ) from error
+        self.ray = ray
+        # Local instances only: token authentication is for clusters reached over a network.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray runs workers at nice 15 by default: beside any other job they would starve, and
+        # here they do all the work while the driver waits.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            options: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
+            if address:
+                options["address"] = address
+            else:
+                # The driver only writes; the workers need the cores.
+                options["num_cpus"] = max(workers, os.cpu_count() or 1)
+            ray.init(**options)
+        resources = ray.cluster_resources()
+        on_gpus = resources.get("GPU", 0) >= 1 and config.device in ("auto", "cuda")
+        threads = max(1, int(resources.get("CPU", 1)) // workers)
+        actor_class = ray.remote(num_gpus=1 if on_gpus else 0, num_cpus=0 if on_gpus else 1)(
+            _RunnerActor
+        )
+        self.actors = [actor_class.remote(asdict(config), threads) for _ in range(workers)]
+        self._unwrap(lambda: ray.get([a.ready.remote() for a in self.actors]))
+        self.pool = ActorPool(self.actors)
+        # A local instance must not outlive a killed run: Ray's agents survive SIGKILL of the
+        # driver (seen: DashboardAgent, RuntimeEnvAgent), so a reaper that dies with us kills
+        # every process the instance started.
+        self.reaper = _start_reaper() if self.started_here and not address else None
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def _unwrap(self, get):
+        """Run ``get``; an error raised in an actor is raised here as itself (a clear user
+        error stays one), not as Ray's wrapper."""
+        try:
+            return get()
+        except self.ray.exceptions.RayTaskError as error:
+            cause = error.cause
+            raise (cause if isinstance(cause, BaseException) else error) from None
+        except self.ray.exceptions.RayActorError as error:
+            raise RuntimeError(f"a Ray worker died: {error}") from None
+
+    def call(self, method: str, *args: Any) -> Any:
+        return self._unwrap(lambda: self.ray.get(self.actors[0].call.remote(method, *args)))
+
+    def submit(self, method: str, *args: Any) -> None:
+        self.pool.submit(lambda actor, a: actor.call.remote(method, *a), args)
+
+    def results(self, wait: bool = True) -> Iterator[Any]:
+        """Finished calls; with ``wait`` until none is pending, else only those done now."""
+        while self.pool.has_next():
+            try:
+                yield self._unwrap(
+                    lambda: self.pool.get_next_unordered(timeout=None if wait else 0)
+                )
+            except TimeoutError:
+                return
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        if self.started_here:
+            self.ray.shutdown()
+        if self.reaper is not None:
+            self.reaper.kill()  # SIGKILL: the reaper's own handler does not run
+            self.reaper.wait()
+
+
+# Runs as ``python -c``: told the pids to kill on stdin, it waits for its parent to die
+# (PR_SET_PDEATHSIG turns that into SIGTERM), then kills them.
+_REAPER = """
+import ctypes, os, signal, sys
+pids = [int(p) for p in sys.stdin.readline().split()]
+def reap(*_):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(0)
+signal.signal(signal.SIGTERM, reap)
+ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    reap()
+while True:
+    signal.pause()
+"""
+
+
+def _descendants(root: int) -> list[int]:
+    """Every living process below ``root`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(stat[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def _start_reaper() -> subprocess.Popen | None:
+    """A process that kills what this process started so far when this process dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    pids = _descendants(os.getpid())
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", _REAPER, str(os.getpid())], stdin=subprocess.PIPE, text=True
+    )
+    assert reaper.stdin is not None
+    reaper.stdin.write(" ".join(map(str, pids)) + "\n")
+    reaper.stdin.flush()
+    return reaper
+
+
+def open_pool(config: RunConfig, grader: Grader | None) -> LocalPool | RayPool:
+    """The pool a config asks for: Ray actors with ``--workers`` / ``--ray-address``, else
+    this process (its runner grading with ``grader``)."""
+    if config.workers > 1 or config.ray_address:
+        return RayPool(config, config.workers, config.ray_address)
+    return LocalPool(UnitRunner.load(config, grader))

