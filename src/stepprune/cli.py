@@ -390,6 +390,29 @@ def bench_kv(
     _print_json_or_table(result.to_json(), as_json)
 
 
+@bench_app.command("generate")
+def bench_generate(
+    prompts: Annotated[int, typer.Option(help="Prompts decoded by each engine.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per prompt (at most).")] = 256,
+    workers_units: Annotated[
+        int, typer.Option(help="Planted units of the --workers 1 vs 2 run (0: skip; needs Ray).")
+    ] = 8,
+    model: Annotated[str, typer.Option(help="Model (default: the bundled SmolLM2).")] = "bundled",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """hf vs vllm tokens/s and greedy agreement on the same prompts; --workers 1 vs 2."""
+    with user_errors():
+        _check_at_least("--prompts", prompts, 1)
+        _check_at_least("--max-new-tokens", max_new_tokens, 1)
+        _check_model_options(device, dtype)
+        from stepprune.bench.generate import run_generate_bench
+
+        result = run_generate_bench(model, device, dtype, prompts, max_new_tokens, workers_units)
+    _print_json_or_table(result.to_json(), as_json)
+
+
 @app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run folders.")],
