@@ -1,0 +1,49 @@
+"""`stepprune bench generate --json`: both engines on the same prompts, and --workers 1 vs 2,
+with every key the README names and numbers that agree with each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.extras import require_ray, require_vllm
+
+pytestmark = pytest.mark.slow
+
+KEYS = {
+    "prompts", "max_new_tokens", "tokens_hf", "tokens_vllm", "seconds_hf", "seconds_vllm",
+    "tokens_per_s_hf", "tokens_per_s_vllm", "vllm_over_hf", "greedy_agreement",
+    "vllm_startup_s", "workers_units", "workers_1_s", "workers_2_s", "workers_speedup",
+}  # fmt: skip
+
+
+def test_bench_generate_prints_consistent_measurements(tmp_path) -> None:
+    require_vllm()
+    require_ray()
+    command = [
+        sys.executable, "-m", "stepprune", "bench", "generate", "--json", "--prompts", "3",
+        "--max-new-tokens", "12", "--workers-units", "2", "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STEPPRUNE_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(result.stdout)
+    assert set(data) == KEYS
+    assert data["prompts"] == 3 and data["workers_units"] == 2
+    for engine in ("hf", "vllm"):
+        tokens, seconds = data[f"tokens_{engine}"], data[f"seconds_{engine}"]
+        assert 3 <= tokens <= 3 * 12
+        assert data[f"tokens_per_s_{engine}"] == pytest.approx(tokens / seconds, rel=0.02)
+    ratio = data["tokens_per_s_vllm"] / data["tokens_per_s_hf"]
+    assert data["vllm_over_hf"] == pytest.approx(ratio, rel=0.02)
+    assert (
+        data["greedy_agreement"] in (0.0, 1 / 3, 2 / 3, 1.0) or 0 <= data["greedy_agreement"] <= 1
+    )
+    assert data["workers_speedup"] == pytest.approx(
+        data["workers_1_s"] / data["workers_2_s"], rel=0.05
+    )
+    assert (tmp_path / "cache" / "vllm-models").is_dir()  # the bundled GGUF, converted once
