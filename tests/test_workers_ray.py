@@ -78,9 +78,10 @@ def test_two_workers_give_the_records_of_one_process(tiny_r1_dir: Path, tmp_path
             assert {f: a[key][f] for f in COMPARED} == {f: b[key][f] for f in COMPARED}, key
 
 
-def test_kill_9_of_a_run_with_workers_leaves_no_ray_process(tiny_r1_dir, tmp_path) -> None:
-    """Ray's agents outlive a SIGKILLed driver on their own; the run's reaper takes them. The
-    re-run then finishes every unit once."""
+def test_kill_9_while_workers_load_leaves_no_ray_process(tiny_r1_dir, tmp_path) -> None:
+    """Killed while its workers load their models (the longest phase before any trace): Ray's
+    agents would outlive the driver on their own; the run's reaper takes them, and everything
+    else Ray started. The re-run then finishes every unit once."""
     require_ray()
     dataset, out = _dataset(tmp_path / "q.jsonl"), tmp_path / "run"
     command = [
@@ -93,8 +94,8 @@ def test_kill_9_of_a_run_with_workers_leaves_no_ray_process(tiny_r1_dir, tmp_pat
         run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     below = []
     try:
-        traces = out / "traces.jsonl"
-        assert wait_for(lambda: traces.exists() and traces.stat().st_size > 0, timeout=600)
+        actors = lambda: [p for p in descendants(run.pid) if "RunnerActor" in cmdline(p[0])]  # noqa: E731
+        assert wait_for(lambda: len(actors()) == 2, timeout=600, interval=0.1)
         below = descendants(run.pid)
         assert any("raylet" in cmdline(p[0]) for p in below)
         run.kill()

@@ -217,9 +217,6 @@ def run(
     tensor_parallel_size: Annotated[
         int, typer.Option(help="vllm engine: GPUs per model (tensor parallelism).")
     ] = 1,
-    data_parallel_size: Annotated[
-        int, typer.Option(help="vllm engine: model replicas (data parallelism).")
-    ] = 1,
     gpu_memory_utilization: Annotated[
         float | None,
         typer.Option(
@@ -287,7 +284,6 @@ def run(
             mode=mode,
             engine=engine,
             tensor_parallel_size=tensor_parallel_size,
-            data_parallel_size=data_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             workers=workers,
             ray_address=ray_address,

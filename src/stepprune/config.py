@@ -55,7 +55,6 @@ class RunConfig:
     workers: int = 1
     ray_address: str | None = None
     tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
     gpu_memory_utilization: float | None = None
 
     def __post_init__(self) -> None:
@@ -83,13 +82,10 @@ class RunConfig:
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if self.engine != "vllm" and (
-            self.tensor_parallel_size != 1
-            or self.data_parallel_size != 1
-            or self.gpu_memory_utilization is not None
+            self.tensor_parallel_size != 1 or self.gpu_memory_utilization is not None
         ):
             raise ValueError(
-                "--tensor-parallel-size, --data-parallel-size and --gpu-memory-utilization "
-                "apply to --engine vllm only"
+                "--tensor-parallel-size and --gpu-memory-utilization apply to --engine vllm only"
             )
         self.vllm_options()  # validates them
         if self.mode not in MODE_NAMES:
@@ -106,7 +102,6 @@ class RunConfig:
     def vllm_options(self) -> VLLMOptions:
         return VLLMOptions(
             tensor_parallel_size=self.tensor_parallel_size,
-            data_parallel_size=self.data_parallel_size,
             gpu_memory_utilization=self.gpu_memory_utilization,
         )
 

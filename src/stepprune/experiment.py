@@ -13,6 +13,7 @@ with nothing left to do is summarised without loading the model.
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import sys
 import time
@@ -95,6 +96,10 @@ class Experiment:
         self.units = [(p, s) for p in self.problems for s in range(config.samples)]
         if config.engine == "vllm":
             vllm_python()  # vLLM is there to start, before anything is loaded
+        if (config.workers > 1 or config.ray_address) and not importlib.util.find_spec("ray"):
+            raise ValueError(
+                "--workers and --ray-address need Ray: pip install 'stepprune[ray]' (or make ray)"
+            )
         brought = next((p for p in self.problems if p.output_ids is not None), None)
         if brought is not None and (config.samples > 1 or self.mode.name == "online"):
             raise ValueError(
@@ -128,7 +133,16 @@ class Experiment:
         problems = {p.id: p for p in self.problems}
         for (problem_id, _), trace in folder.traces.items():
             problem = problems.get(problem_id)
-            if problem is not None and trace.problem and trace.problem != problem.problem:
+            changed_ids = (
+                problem is not None
+                and problem.output_ids is not None
+                and (
+                    trace.prompt_ids != problem.prompt_ids or trace.output_ids != problem.output_ids
+                )
+            )
+            if problem is not None and (
+                (trace.problem and trace.problem != problem.problem) or changed_ids
+            ):
                 raise RunFolderError(
                     f"{folder.out}: problem {problem_id!r} differs from the one its traces were "
                     "made from (the dataset changed); use another --out"
@@ -182,7 +196,7 @@ class Experiment:
                     pool = self._open_pool(grader)
                     stack.callback(pool.close)
                     self._check_loaded(pool, untraced)
-                    engine = self._open_engine(pool) if cfg.engine != "hf" else None
+                    engine = self._open_engine(pool) if self._needs_engine(untraced) else None
                     if engine is not None:
                         stack.callback(engine.close)
                     folder.write_config()
@@ -223,11 +237,23 @@ class Experiment:
         )
         return pool
 
+    def _needs_engine(self, untraced: list[tuple[Problem, int]]) -> bool:
+        """Whether the run decodes with a driver-side engine (vLLM): traces to generate, or
+        text-mode answers. A resumed kv or online run with every trace made starts no vLLM."""
+        if self.config.engine == "hf":
+            return False
+        return self.mode.name == "text" or any(not p.brings_trace for p, _ in untraced)
+
     def _open_engine(self, pool: Pool) -> Engine:
         """The driver's engine for plain decoding (vLLM, in its own process)."""
         started = time.perf_counter()
         with self.err.status("starting vLLM ..."):
             inputs = pool.call("engine_inputs")
+            if not Path(inputs.model_dir).exists():  # made on a Ray worker's machine
+                raise ValueError(
+                    f"vLLM reads the model from {inputs.model_dir}, which is not on this "
+                    "machine (a GGUF converted on a Ray worker): pass a model folder or hub id"
+                )
             options = replace(
                 self.config.vllm_options(), max_model_len=self._max_model_len(pool, inputs)
             )
@@ -247,11 +273,12 @@ class Experiment:
         return engine
 
     def _max_model_len(self, pool: Pool, inputs) -> int:
-        """The longest sequence the run decodes: the longest prompt, a whole trace, the answer
-        cue and an answer (vLLM sizes its cache by it; the model's own limit can be 128k)."""
-        prompts = pool.call("prompt_ids", self.problems)
+        """The longest sequence the run decodes: the longest prompt and trace (generated up to
+        --max-new-tokens, or brought), the answer cue and an answer (vLLM sizes its cache by
+        it; the model's own limit can be 128k)."""
         cfg = self.config
-        needed = max(len(p) for p in prompts) + cfg.max_new_tokens + cfg.answer_max_tokens + 64
+        longest = max(pool.call("sequence_lengths", self.problems, cfg.max_new_tokens))
+        needed = longest + cfg.answer_max_tokens + 64  # + the answer cue and the answer
         return min(needed, inputs.context_limit) if inputs.context_limit else needed
 
     @contextmanager

@@ -32,6 +32,7 @@ from stepprune.runfolder import control_spec, threshold_key
 from stepprune.schema import Problem, Record, Trace
 from stepprune.scorers import SCORERS
 from stepprune.session import Segmenter, Session
+from stepprune.traces import teacher_forced_output
 
 
 def build_mode(config: RunConfig) -> Mode:
@@ -127,6 +128,23 @@ class UnitRunner:
 
     def prompt_ids(self, problems: Sequence[Problem]) -> list[list[int]]:
         return [self.session.prompt_ids(p) for p in problems]
+
+    def sequence_lengths(self, problems: Sequence[Problem], max_new_tokens: int) -> list[int]:
+        """The longest prompt + trace of each problem: its brought ids, its teacher-forced
+        reasoning, or its prompt and ``max_new_tokens`` generated."""
+        session, lengths = self.session, []
+        for problem in problems:
+            prompt = session.prompt_ids(problem)
+            if problem.output_ids is not None:
+                lengths.append(len(prompt) + len(problem.output_ids))
+            elif problem.reasoning is not None:
+                forced, _ = teacher_forced_output(
+                    session.format, problem, prompt, session.eos_ids[0]
+                )
+                lengths.append(len(prompt) + len(forced))
+            else:
+                lengths.append(len(prompt) + max_new_tokens)
+        return lengths
 
     def finish(
         self, problem: Problem, sample: int, prompt_ids: list[int], output_ids: list[int]

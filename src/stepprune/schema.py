@@ -181,8 +181,9 @@ class Record(JsonMixin):
     # online mode: tokens generated, peak/final cache, checkpoints, and every eviction with
     # the text that was evicted.
     online: dict[str, Any] | None = None
-    # The engine that generated the trace and decoded text-mode answers (hf, vllm); None in
-    # folders made before engines were recorded (all hf).
+    # The run's --engine (hf, vllm): it generated the traces that were not brought, and decoded
+    # text-mode answers (kv and online answers are decoded by transformers); None in folders
+    # made before engines were recorded (all hf).
     engine: str | None = None
 
     @property

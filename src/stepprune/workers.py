@@ -24,7 +24,6 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from stepprune.config import RunConfig
@@ -95,12 +94,16 @@ class RayPool:
                 "--workers and --ray-address need Ray: pip install 'stepprune[ray]'"
             ) from error
         self.ray = ray
-        # Local instances only: token authentication is for clusters reached over a network.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        if not address:  # token authentication is for clusters reached over a network
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # Ray runs workers at nice 15 by default: beside any other job they would starve, and
         # here they do all the work while the driver waits.
         os.environ.setdefault("RAY_worker_niceness", "0")
         self.started_here = not ray.is_initialized()
+        # A local instance must not outlive a killed run, even one killed while the workers
+        # load: Ray's agents survive SIGKILL of the driver (seen: DashboardAgent,
+        # RuntimeEnvAgent), so a reaper that dies with this process kills all it started.
+        self.reaper = _start_reaper() if self.started_here and not address else None
         if self.started_here:
             options: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
             if address:
@@ -110,18 +113,24 @@ class RayPool:
                 options["num_cpus"] = max(workers, os.cpu_count() or 1)
             ray.init(**options)
         resources = ray.cluster_resources()
-        on_gpus = resources.get("GPU", 0) >= 1 and config.device in ("auto", "cuda")
+        gpus = int(resources.get("GPU", 0))
+        on_gpus = gpus >= 1 and config.device in ("auto", "cuda")
+        if on_gpus and workers > gpus:  # the actors beyond would wait for a GPU forever
+            self.close()
+            raise ValueError(
+                f"--workers {workers}: each worker takes one GPU and the Ray cluster has {gpus}"
+            )
         threads = max(1, int(resources.get("CPU", 1)) // workers)
         actor_class = ray.remote(num_gpus=1 if on_gpus else 0, num_cpus=0 if on_gpus else 1)(
             _RunnerActor
         )
         self.actors = [actor_class.remote(asdict(config), threads) for _ in range(workers)]
-        self._unwrap(lambda: ray.get([a.ready.remote() for a in self.actors]))
+        try:
+            self._unwrap(lambda: ray.get([a.ready.remote() for a in self.actors]))
+        except BaseException:  # a model that cannot load, Ctrl-C: stop what was started
+            self.close()
+            raise
         self.pool = ActorPool(self.actors)
-        # A local instance must not outlive a killed run: Ray's agents survive SIGKILL of the
-        # driver (seen: DashboardAgent, RuntimeEnvAgent), so a reaper that dies with us kills
-        # every process the instance started.
-        self.reaper = _start_reaper() if self.started_here and not address else None
 
     @property
     def size(self) -> int:
@@ -155,66 +164,64 @@ class RayPool:
                 return
 
     def close(self) -> None:
-        for actor in self.actors:
+        for actor in getattr(self, "actors", []):
             self.ray.kill(actor)
         if self.started_here:
             self.ray.shutdown()
         if self.reaper is not None:
             self.reaper.kill()  # SIGKILL: the reaper's own handler does not run
             self.reaper.wait()
+            self.reaper = None
 
 
-# Runs as ``python -c``: told the pids to kill on stdin, it waits for its parent to die
-# (PR_SET_PDEATHSIG turns that into SIGTERM), then kills them.
+# Runs as ``python -c PARENT_PID``. While the parent lives it notes, every half second, every
+# process below the parent (pid and start time, so a reused pid is never taken for one of them);
+# when the parent dies (PR_SET_PDEATHSIG turns that into SIGTERM, and the loop sees the parent
+# gone) it kills those still alive.
 _REAPER = """
-import ctypes, os, signal, sys
-pids = [int(p) for p in sys.stdin.readline().split()]
+import ctypes, os, signal, sys, time
+parent, me, seen = int(sys.argv[1]), os.getpid(), {}
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+def scan():
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (found := stat(int(entry))):
+            children.setdefault(found[0], []).append((int(entry), found[1]))
+    todo = [parent]
+    while todo:
+        for pid, start in children.get(todo.pop(), []):
+            if pid != me:
+                seen[pid] = start
+                todo.append(pid)
 def reap(*_):
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    for pid, start in seen.items():
+        found = stat(pid)
+        if found and found[1] == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
     os._exit(0)
 signal.signal(signal.SIGTERM, reap)
 ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)
-if os.getppid() != int(sys.argv[1]):
-    reap()
-while True:
-    signal.pause()
+while os.getppid() == parent:
+    scan()
+    time.sleep(0.5)
+reap()
 """
 
 
-def _descendants(root: int) -> list[int]:
-    """Every living process below ``root`` (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(stat[1]), []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
-    return found
-
-
 def _start_reaper() -> subprocess.Popen | None:
-    """A process that kills what this process started so far when this process dies."""
+    """A process that kills what this process starts when this process dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
-    pids = _descendants(os.getpid())
-    reaper = subprocess.Popen(
-        [sys.executable, "-c", _REAPER, str(os.getpid())], stdin=subprocess.PIPE, text=True
-    )
-    assert reaper.stdin is not None
-    reaper.stdin.write(" ".join(map(str, pids)) + "\n")
-    reaper.stdin.flush()
-    return reaper
+    return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid())])
 
 
 def open_pool(config: RunConfig, grader: Grader | None) -> LocalPool | RayPool:

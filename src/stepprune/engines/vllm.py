@@ -29,14 +29,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from stepprune.decoding import BOX, Continuation, SamplingConfig, StopRule
 from stepprune.engines.base import ENGINES, Engine
@@ -50,7 +54,7 @@ LOCAL_VENV_PYTHON = Path(".venv-vllm") / "bin" / "python"
 CHECKOUT = Path(__file__).resolve().parents[3]
 # Settings that make vLLM's CPU backend usable on a small machine (measured on 2 cores: binding
 # OpenMP threads to cores made decoding 10x slower; the V1 engine's extra process only adds
-# start-up time here). A value the user exported wins.
+# start-up time here). Applied on machines without a GPU only; a value the user exported wins.
 CPU_ENVIRONMENT = {
     "VLLM_CPU_KVCACHE_SPACE": "2",
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
@@ -68,7 +72,6 @@ class VLLMOptions:
     """How the vLLM process is started (``stepprune run --engine vllm`` options)."""
 
     tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
     gpu_memory_utilization: float | None = None
     max_model_len: int | None = None
     python: str | None = None
@@ -79,8 +82,6 @@ class VLLMOptions:
             raise ValueError(
                 f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}"
             )
-        if self.data_parallel_size < 1:
-            raise ValueError(f"--data-parallel-size must be >= 1, got {self.data_parallel_size}")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(
                 f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}"
@@ -133,17 +134,28 @@ def model_folder_for_vllm(model, tokenizer, source: str, gguf_file: str | None) 
             model.hf_quantizer = quantizer
             if config_quantization is not None:
                 model.config.quantization_config = config_quantization
-        partial.rename(folder)  # atomic: a killed conversion leaves no half folder in use
+        try:
+            partial.rename(folder)  # atomic: a killed conversion leaves no half folder in use
+        except OSError:
+            if not (folder / "config.json").exists():  # not another run's finished copy
+                raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return str(folder)
 
 
 class VLLMProcess:
-    """The worker process: start, send jobs, read finished requests, close."""
+    """The worker process and its protocol: one job in flight at a time.
 
-    def __init__(self, args: list[str], python: str) -> None:
-        env = {**CPU_ENVIRONMENT, **os.environ}
+    ``run(requests)`` sends a job numbered ``n`` and yields the requests the worker reports
+    finished (each line carries ``job``), until the job's ``done`` line; lines of an earlier job
+    that a caller stopped reading are skipped. A reader thread drains the worker's output into a
+    queue the moment it is written, so vLLM never blocks on a full pipe while this process
+    scores a trace. ``close`` ends the process: at once if a job is in flight (an error
+    elsewhere ended the run), else by closing its input.
+    """
+
+    def __init__(self, args: list[str], python: str, environment: dict[str, str]) -> None:
         # vLLM's own messages, kept for the error of a failed start; closed in close().
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         started = time.perf_counter()
@@ -153,14 +165,27 @@ class VLLMProcess:
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
-            env=env,
+            env={**environment, **os.environ},
         )
-        ready = self._read()
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._drain, name="vllm-reader", daemon=True).start()
+        self.jobs, self.busy = 0, False
+        try:
+            ready = self._read()
+        except BaseException:
+            self.close()
+            raise
         self.startup_s = time.perf_counter() - started
         self.version = ready.get("vllm")
 
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put("")  # end of output: the process ended
+
     def _read(self) -> dict:
-        line = self.process.stdout.readline() if self.process.stdout else ""
+        line = self.lines.get()
         if not line:
             self.process.wait()
             raise VLLMError(
@@ -179,17 +204,29 @@ class VLLMProcess:
     def run(self, requests: list[dict]) -> Iterator[dict]:
         """Send one job; yield each finished request as vLLM finishes it."""
         assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"requests": requests}) + "\n")
-        self.process.stdin.flush()
+        self.jobs += 1
+        job = self.jobs
+        try:
+            self.process.stdin.write(json.dumps({"job": job, "requests": requests}) + "\n")
+            self.process.stdin.flush()
+        except OSError as error:  # the process is gone: say why, from its own log
+            self.process.wait()
+            raise VLLMError(f"the vLLM process ended ({error}){self._tail()}") from None
+        self.busy = True
         while True:
             message = self._read()
+            if message.get("job") != job:
+                continue  # a line of a job whose caller stopped reading it
             if message.get("done"):
+                self.busy = False
                 return
             yield message
 
     def close(self) -> None:
         if self.process.poll() is None:
-            if self.process.stdin:
+            if self.busy:
+                self.process.kill()
+            elif self.process.stdin:
                 self.process.stdin.close()
             try:
                 self.process.wait(timeout=30)
@@ -230,14 +267,15 @@ class VLLMEngine(Engine):
         args = ["--model", model_dir, "--dtype", dtype, "--seed", str(seed)]
         args += ["--parent-pid", str(os.getpid())]
         args += ["--tensor-parallel-size", str(options.tensor_parallel_size)]
-        args += ["--data-parallel-size", str(options.data_parallel_size)]
         if options.max_model_len:
             args += ["--max-model-len", str(options.max_model_len)]
         memory = options.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
         args += ["--gpu-memory-utilization", str(memory)]
         if options.compile:
             args.append("--compile")
-        self.process = VLLMProcess(args, vllm_python(options.python))
+        # The CPU backend's settings only where there is no GPU (a value exported wins).
+        environment = {} if torch.cuda.is_available() else CPU_ENVIRONMENT
+        self.process = VLLMProcess(args, vllm_python(options.python), environment)
         self._next_id = 0
 
     @property

@@ -5,11 +5,11 @@ Run by path with the Python of an environment that has vLLM (``make vllm`` build
 environment may pin its own transformers. It speaks JSON lines:
 
 - it first writes ``{"ready": true, "vllm": VERSION, "startup_s": S}`` (or ``{"error": ...}``);
-- each line it reads is a job ``{"requests": [{"id", "prompt", "max_tokens", "temperature",
-  "top_p", "seed", "stop"}, ...]}``; every request is added to one engine and stepped together
-  (this is where vLLM's throughput comes from), and each finished request is written as soon as
-  it finishes: ``{"id", "ids", "finish": "stop" | "length", "stop_reason"}``; then
-  ``{"done": true}``;
+- each line it reads is a job ``{"job": N, "requests": [{"id", "prompt", "max_tokens",
+  "temperature", "top_p", "seed", "stop", "stop_token_ids"}, ...]}``; every request is added to
+  one engine and stepped together (this is where vLLM's throughput comes from), and each
+  finished request is written as soon as it finishes: ``{"job", "id", "ids", "finish":
+  "stop" | "length", "stop_reason"}``; then ``{"job", "done": true}``;
 - end of input ends the process.
 
 Everything else that vLLM prints goes to standard error: standard output carries the protocol
@@ -69,7 +69,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
-    parser.add_argument("--data-parallel-size", type=int, default=1)
     parser.add_argument("--gpu-memory-utilization", type=float, default=None)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="CUDA graphs / torch.compile")
@@ -91,8 +90,6 @@ def _load(args: argparse.Namespace):
         # Eager start-up is seconds instead of a minute or more of compilation.
         "enforce_eager": not args.compile,
     }
-    if args.data_parallel_size > 1:
-        options["data_parallel_size"] = args.data_parallel_size
     if args.gpu_memory_utilization is not None:
         options["gpu_memory_utilization"] = args.gpu_memory_utilization
     return LLM(**{k: v for k, v in options.items() if v is not None})
@@ -119,7 +116,8 @@ def _params(request: dict):
 
 
 def _run_job(engine, job: dict, protocol) -> None:
-    """Add every request of ``job`` and write each one as it finishes."""
+    """Add every request of ``job`` and write each one as it finishes (lines carry the job's
+    number, so the parent can tell a late line of an abandoned job)."""
     names = {}
     for request in job["requests"]:
         name = f"r{request['id']}-{time.monotonic_ns()}"
@@ -131,13 +129,14 @@ def _run_job(engine, job: dict, protocol) -> None:
                 continue
             completion = output.outputs[0]
             line = {
+                "job": job.get("job"),
                 "id": names.pop(output.request_id),
                 "ids": list(completion.token_ids),
                 "finish": completion.finish_reason,
                 "stop_reason": completion.stop_reason,
             }
             protocol.write(json.dumps(line) + "\n")
-    protocol.write(json.dumps({"done": True}) + "\n")
+    protocol.write(json.dumps({"job": job.get("job"), "done": True}) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
