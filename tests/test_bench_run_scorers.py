@@ -164,9 +164,9 @@ def test_spearman_is_computed_from_the_cached_scores(
         assert position["spearman"] == pytest.approx(sum(finite) / len(finite))
         assert position["ci95"][0] <= position["spearman"] <= position["ci95"][1]
     else:
-        assert math.isnan(position["spearman"])
+        assert position["spearman"] is None  # no correlation: null in the JSON, never NaN
     [ablation] = [s for s in data["scorers"] if s["scorer"] == "ablation"]
-    assert math.isnan(ablation["spearman"]) or ablation["spearman"] == pytest.approx(1.0)
+    assert ablation["spearman"] is None or ablation["spearman"] == pytest.approx(1.0)
 
 
 def test_json_keys_and_recovery(folder: Path, model, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,3 +222,11 @@ def test_cli_loads_the_runs_model_and_prints_json(folder: Path) -> None:
     assert missing.exit_code == 2
     unknown = runner.invoke(app, ["bench", "scorers", "--planted", "nonsense"])
     assert unknown.exit_code == 2 and "semantic or causal" in unknown.output
+
+
+def test_a_scorer_without_correlation_is_null_in_strict_json() -> None:
+    from stepprune.bench.run_scorers import RunScorerResult
+
+    result = RunScorerResult("uniform", math.nan, (math.nan, math.nan), {"0.0": 0.5})
+    data = json.loads(json.dumps(result.to_json(), allow_nan=False))  # NaN would raise here
+    assert data["spearman"] is None and data["ci95"] == [None, None]

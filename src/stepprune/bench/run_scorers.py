@@ -95,6 +95,10 @@ def per_problem_mean(values: dict[TraceKey, float]) -> dict[str, float]:
 # -- results ------------------------------------------------------------------------------------
 
 
+def _finite_or_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
 @dataclass
 class RunScorerResult:
     """One scorer on a run folder: mean Spearman with ablation (over problems, NaN if none has
@@ -111,8 +115,9 @@ class RunScorerResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "scorer": self.scorer,
-            "spearman": self.spearman,
-            "ci95": [self.ci95[0], self.ci95[1]],
+            # null, not NaN (which is not JSON), when no trace has a correlation.
+            "spearman": _finite_or_none(self.spearman),
+            "ci95": [_finite_or_none(self.ci95[0]), _finite_or_none(self.ci95[1])],
             "recovery": dict(self.recovery),
             "n_problems": self.n_problems,
             "n_traces": self.n_traces,
