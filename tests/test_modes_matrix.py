@@ -14,7 +14,17 @@ from stepprune.runfolder import is_control
 
 runner = CliRunner()
 MODES = ["text", "kv", "online"]
-SCORERS = {"attention": "attention", "ablation": "ablation", "random": "random:seed=0"}
+SCORERS = {
+    "attention": "attention",
+    "ablation": "ablation",
+    "random": "random:seed=0",
+    # The scorers of the literature: one that reads logits, one counterfactual, a composition.
+    "entropy": "entropy",
+    "forced-answer": "forced-answer",
+    "mix": "mix:a=(attention:agg=mean),b=entropy,w=0.5",
+}
+# Scorers that need the finished trace: online mode refuses them before writing anything.
+NEEDS_FINISHED_TRACE = {"ablation", "entropy", "forced-answer", "mix"}
 POLICIES = ["percentile", "adaptive"]
 
 
@@ -41,10 +51,10 @@ def test_mode_scorer_policy(
 ) -> None:
     out = tmp_path / "run"
     result = _run(tiny_r1_dir, out, mode, SCORERS[scorer], policy)
-    if mode == "online" and scorer == "ablation":
-        # Ablation needs the finished trace and the answer: it cannot score during generation.
-        assert result.exit_code == 2
-        assert "--mode online" in result.output and "'ablation'" in result.output
+    if mode == "online" and scorer in NEEDS_FINISHED_TRACE:
+        # They need the finished trace (and ablation the answer): no scoring during generation.
+        assert result.exit_code == 2, result.output
+        assert "--mode online" in result.output and f"'{scorer}" in result.output
         assert not (out / "config.json").exists()
         return
     assert result.exit_code == 0, result.output
