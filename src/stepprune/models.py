@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -174,8 +177,9 @@ def load_model(
     # with stepprune's progress display on stderr; the caller shows a loading status instead.
     hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        with _quiet_gguf_conversion():
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         if not load_in_4bit:
             model.to(device)
     except Exception as error:  # a missing, corrupt or unsupported model, or no memory for it
@@ -184,6 +188,24 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+@contextmanager
+def _quiet_gguf_conversion() -> Iterator[None]:
+    """Silence the GGUF de-quantising bar, which transformers draws with plain tqdm (not its
+    own switchable bars); a transformers without that module is left as it is."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        bar = gguf_utils.tqdm
+    except (ImportError, AttributeError):
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def _single_token_id(tokenizer: PreTrainedTokenizerBase, text: str) -> int | None:
