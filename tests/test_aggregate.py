@@ -17,10 +17,14 @@ from stepprune.aggregate import (
     run_labels,
     summary_json,
 )
-from stepprune.runfolder import load_run
+from stepprune.runfolder import control_spec, load_run
 from stepprune.schema import Record, Trace
 from stepprune.stats import bootstrap_ci, paired_delta
 from tests.run_fixture import ATTENTION, RANDOM, per_problem, write_run
+
+CONTROL = control_spec(0, "attention")  # the control of make_record's scorer
+# The fixture folder's control (written as before 0.2), as the reader adapts it.
+FOLDER_CONTROL = control_spec(0, ATTENTION)
 
 NOTEBOOK_KEYS = {
     "accuracy",
@@ -196,12 +200,12 @@ def test_summary_gains_pass1_ci_and_the_control_per_threshold() -> None:
     for (scorer, threshold), outcomes in {
         ("attention", 0.0): {"p1": 1, "p2": 1, "p3": 0, "p4": 1},
         ("attention", 0.5): {"p1": 1, "p2": 0, "p3": 0, "p4": 1},
-        (RANDOM, 0.0): {"p1": 1, "p2": 1, "p3": 0, "p4": 1},
-        (RANDOM, 0.5): {"p1": 0, "p2": 0, "p3": 0, "p4": 1},
+        (CONTROL, 0.0): {"p1": 1, "p2": 1, "p3": 0, "p4": 1},
+        (CONTROL, 0.5): {"p1": 0, "p2": 0, "p3": 0, "p4": 1},
     }.items():
         for pid, ok in outcomes.items():
             records.append(make_record(pid, threshold, bool(ok), scorer=scorer))
-    summary = summarize(records, [], control=RANDOM)
+    summary = summarize(records, [], control=CONTROL)
     half = summary["thresholds"]["0.5"]
     assert half["pass1"] == pytest.approx(0.5)
     assert half["pass1_ci"] == list(bootstrap_ci([1.0, 0.0, 0.0, 1.0]))
@@ -213,7 +217,7 @@ def test_summary_gains_pass1_ci_and_the_control_per_threshold() -> None:
     assert half["vs_random"] == pytest.approx(delta) == pytest.approx(0.25)
     assert half["vs_random_ci"] == list(ci)
     # The control's own block keeps today's keys (and gains its pass@1), never vs itself.
-    assert summary["random_control"]["scorer"] == RANDOM
+    assert summary["random_control"]["scorer"] == CONTROL
     assert summary["random_control"]["0.5"]["total"] == 4
     assert summary["random_control"]["0.5"]["pass1"] == pytest.approx(0.25)
     assert "vs_random" not in summary["random_control"]["0.5"]
@@ -234,12 +238,13 @@ def test_summary_reads_only_its_scorer_and_control() -> None:
     records = [
         make_record("p1", 0.0, True),
         make_record("p1", 0.0, False, scorer="length"),
-        make_record("p1", 0.0, False, scorer="random-control:seed=1"),  # another control
+        make_record("p1", 0.0, False, scorer=control_spec(0, "length")),  # length's control
+        make_record("p1", 0.0, False, scorer=control_spec(1, "attention")),  # another seed
     ]
-    summary = summarize(records, [], control=RANDOM)
+    summary = summarize(records, [], control=CONTROL)
     assert summary["thresholds"]["0.0"]["total"] == 1
     assert summary["thresholds"]["0.0"]["random_control_pass1"] is None
-    assert summary["random_control"] == {"scorer": RANDOM}
+    assert summary["random_control"] == {"scorer": CONTROL}
 
 
 def test_threshold_arithmetic_lands_in_one_row_keyed_0_3() -> None:
@@ -264,11 +269,11 @@ def test_threshold_arithmetic_lands_in_one_row_keyed_0_3() -> None:
 
 def test_rows_numbers_by_hand(tmp_path: Path) -> None:
     rows = aggregate_rows(load_run(write_run(tmp_path / "run")).records, "label")
-    assert [(r.scorer, r.threshold) for r in rows] == [
-        (ATTENTION, 0.0),
-        (ATTENTION, 0.5),
-        (RANDOM, 0.0),
-        (RANDOM, 0.5),
+    assert [(r.scorer, r.threshold, r.control_of) for r in rows] == [
+        (ATTENTION, 0.0, None),
+        (ATTENTION, 0.5, None),
+        (FOLDER_CONTROL, 0.0, ATTENTION),
+        (FOLDER_CONTROL, 0.5, ATTENTION),
     ]
     base, pruned, random_base, random_pruned = rows
     assert base.run == "label"
@@ -319,17 +324,18 @@ def test_a_random_scorer_is_a_scorer_and_only_random_control_is_the_control(
     scorer rows, compared with the control; only the control's rows are control rows."""
     run = load_run(write_run(tmp_path / "run", scorer="random:seed=0"))
     rows = aggregate_rows(run.records)
+    control = control_spec(0, "random:seed=0")  # the fixture's control, adapted by the reader
     assert [(r.scorer, r.is_control) for r in rows] == [
         ("random:seed=0", False),
         ("random:seed=0", False),
-        (RANDOM, True),
-        (RANDOM, True),
+        (control, True),
+        (control, True),
     ]
     pruned = rows[1]
     assert pruned.control_pass1 == pytest.approx(0.125)
     assert pruned.vs_control == pytest.approx(0.25)
     summary = summary_json(
-        run.records, run.traces, model="m", dataset="d", scorer="random:seed=0", control=RANDOM,
+        run.records, run.traces, model="m", dataset="d", scorer="random:seed=0", control=control,
         policy="percentile", mode="text",
     )  # fmt: skip
     assert summary["thresholds"]["0.5"]["random_control_pass1"] == pytest.approx(0.125)
@@ -340,8 +346,8 @@ def test_a_random_scorer_is_a_scorer_and_only_random_control_is_the_control(
 def test_several_control_seeds_are_pooled(tmp_path: Path) -> None:
     records = [
         make_record("p1", 0.5, True),
-        make_record("p1", 0.5, True, scorer="random-control:seed=0"),
-        make_record("p1", 0.5, False, scorer="random-control:seed=1", sample=1),
+        make_record("p1", 0.5, True, scorer=control_spec(0, "attention")),
+        make_record("p1", 0.5, False, scorer=control_spec(1, "attention"), sample=1),
     ]
     (row, *_) = aggregate_rows(records)
     assert row.control_pass1 == pytest.approx(0.5)

@@ -11,6 +11,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from stepprune.aggregate import build_report
+from stepprune.reporting.labels import MAX_LABEL, scorer_label
 from stepprune.reporting.plots import (
     LABEL_COLOURS,
     UNLABELLED_COLOUR,
@@ -24,6 +25,9 @@ from stepprune.runfolder import load_run
 from stepprune.schema import Step, Trace
 from tests.run_fixture import ATTENTION, RANDOM, write_run
 from tests.test_aggregate import make_trace
+
+# The fixture's control (written before 0.2, the control of its first scorer) in a legend.
+CONTROL_LABEL = scorer_label(RANDOM, ATTENTION)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -122,7 +126,7 @@ def test_accuracy_figure_lines_points_bands_and_dashed_control(tmp_path: Path) -
     lines = {line.get_label(): line for line in ax.get_lines()}
     names = [
         f"Model-A · attention · text · {ATTENTION}",
-        f"Model-A · attention · text · {RANDOM}",
+        f"Model-A · attention · text · {CONTROL_LABEL}",
         "Model-B · attention · text",
     ]
     assert list(lines) == names and legend_texts(fig) == names
@@ -145,9 +149,9 @@ def test_accuracy_figure_a_random_scorer_is_solid_and_the_control_dashed(tmp_pat
     run = load_run(write_run(tmp_path / "a", scorer="random:seed=0"))
     ax = accuracy_figure(build_report([run])).axes[0]
     styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
-    # The run's label names its scorer already: only the control's line adds its spec.
+    # The run's label names its scorer already: only the control's line adds its label.
     label = "Tiny-Reasoner-1B · random:seed=0 · text"
-    assert styles == {label: "-", f"{label} · {RANDOM}": "--"}
+    assert styles == {label: "-", f"{label} · random control (random:seed=0)": "--"}
 
 
 def test_accuracy_figure_of_one_scorer_names_the_run_only(tmp_path: Path) -> None:
@@ -174,8 +178,20 @@ def test_tokens_saved_bars_per_series_and_threshold(tmp_path: Path) -> None:
     assert centres == pytest.approx([-0.2, 0.8, 0.2, 1.2])
     assert legend_texts(fig) == [
         f"Tiny-Reasoner-1B · attention · text · {ATTENTION}",
-        f"Tiny-Reasoner-1B · attention · text · {RANDOM}",
+        f"Tiny-Reasoner-1B · attention · text · {CONTROL_LABEL}",
     ]
+
+
+def test_legend_names_a_control_by_its_scorer_cut_short(tmp_path: Path) -> None:
+    long = "attention:query=last,layers=all,heads=mean,agg=sum,sink=keep"
+    # The run's label names the scorer as given (`--scorer attention`), its records the full spec.
+    folder = write_run(tmp_path / "a", scorer=long, extra_config={"scorer": "attention"})
+    fig = tokens_saved_figure(build_report([load_run(folder)]))
+    run = "Tiny-Reasoner-1B · attention · text"
+    scorer, control = (text.removeprefix(f"{run} · ") for text in legend_texts(fig))
+    assert scorer == long[: MAX_LABEL - 1] + "…"
+    assert control == "random control (attention:query=last,l…)"
+    assert len(scorer) == len(control) == MAX_LABEL
 
 
 def test_tokens_saved_leaves_a_missing_threshold_empty(tmp_path: Path) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from stepprune.aggregate import build_report
+from stepprune.aggregate import Summary, build_report, build_summary
+from stepprune.reporting.labels import scorer_label
 from stepprune.reporting.tables import (
     TABLE_HEADER,
     print_report,
@@ -16,10 +17,12 @@ from stepprune.reporting.tables import (
     report_markdown,
     results_markdown,
 )
-from stepprune.runfolder import load_run
-from stepprune.schema import Record
-from tests.run_fixture import ATTENTION, RANDOM, write_run
-from tests.test_aggregate import make_record, make_trace, summarize
+from stepprune.runfolder import control_spec, load_run
+from stepprune.schema import Record, Trace
+from tests.run_fixture import ATTENTION, write_run
+from tests.test_aggregate import make_record, make_trace
+
+CONTROL = control_spec(0, "attention")
 
 HEADER_LINE = "| Threshold | Accuracy | Steps Kept | Avg Length | Tokens Kept | Notes |"
 
@@ -33,7 +36,14 @@ def cells_of(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-def _two_threshold_summary(control: bool = False) -> tuple[dict[str, Any], list[Record]]:
+def summarize(records: list[Record], traces: list[Trace], control: str | None = None) -> Summary:
+    return build_summary(
+        records, traces, model="m", dataset="d", scorer="attention", control=control,
+        policy="percentile", mode="text",
+    )  # fmt: skip
+
+
+def _two_threshold_summary(control: bool = False) -> tuple[Summary, list[Record]]:
     records = [
         make_record("p1", 0.0, True, tokens_kept=100, chars_kept=400),
         make_record("p2", 0.0, True, tokens_kept=100, chars_kept=400),
@@ -42,13 +52,13 @@ def _two_threshold_summary(control: bool = False) -> tuple[dict[str, Any], list[
     ]
     if control:
         records += [
-            make_record(p, t, ok, scorer=RANDOM, kept=2, tokens_kept=50)
+            make_record(p, t, ok, scorer=CONTROL, kept=2, tokens_kept=50)
             for p, t, ok in [("p1", 0.0, True), ("p2", 0.0, True), ("p1", 0.5, False),
                              ("p2", 0.5, False)]
         ]  # fmt: skip
     traces = [make_trace("p1", original_correct=True), make_trace("p2", original_correct=False)]
-    summary = summarize(records, traces, control=RANDOM if control else None)
-    return {**summary, "model": "tiny-model", "dataset": "aime24"}, records
+    summary = summarize(records, traces, control=CONTROL if control else None)
+    return replace(summary, model="tiny-model", dataset="aime24"), records
 
 
 # -- results.md ----------------------------------------------------------------------------------
@@ -89,13 +99,14 @@ def test_results_markdown_pass1_table_with_the_control() -> None:
     header = "| Threshold | pass@1 [95% CI] | Random pass@1 [95% CI] | Δ vs random [95% CI] |"
     at = lines.index(header)
     base, pruned = cells_of(lines[at + 2]), cells_of(lines[at + 3])
-    row = summary["thresholds"]["0.5"]
-    lo, hi = row["pass1_ci"]
+    row = summary.row_at(0.5)
+    assert row is not None and row.pass1_ci is not None and row.vs_control_ci is not None
+    lo, hi = row.pass1_ci
     assert pruned == [
         "0.5",
         f"50.0% [{100 * lo:.1f}, {100 * hi:.1f}]",
         "0.0% [0.0, 0.0]",
-        f"+50.0 pts [{100 * row['vs_random_ci'][0]:+.1f}, {100 * row['vs_random_ci'][1]:+.1f}]",
+        f"+50.0 pts [{100 * row.vs_control_ci[0]:+.1f}, {100 * row.vs_control_ci[1]:+.1f}]",
     ]
     assert base[1] == "100.0% [100.0, 100.0]" and base[3] == "+0.0 pts [+0.0, +0.0]"
 
@@ -130,10 +141,11 @@ def test_results_markdown_of_nothing_and_of_an_old_summary() -> None:
     assert HEADER_LINE in md.splitlines() and "original accuracy: n/a" in md
     assert "pass@1" not in md  # no rows: no pass@1 table
     # A summary.json written before pass@1 existed still renders its results table.
-    old, _ = _two_threshold_summary()
-    for row in old["thresholds"].values():
-        del row["pass1"]
-    assert "| 0.5 | 50.0% (1/2) |" in results_markdown(old)
+    data = _two_threshold_summary()[0].to_json()
+    for row in data["thresholds"].values():
+        del row["pass1"], row["pass1_ci"], row["avg_chars_kept"]
+    md = results_markdown(Summary.from_json(data))
+    assert "| 0.5 | 50.0% (1/2) | 37.5% | 150 |" in md and "pass@1" not in md
 
 
 def test_print_summary_table_fits_80_columns() -> None:
@@ -146,7 +158,9 @@ def test_print_summary_table_fits_80_columns() -> None:
     assert "50.0% (1/2)" in out and "-50.0 pts acc" in out
     # pass@1 with its interval in whole points under it, the control beside, Δ vs random.
     assert "pass@1 of attention over problems, 95% interval below each value; random" in out
-    lo, hi = summary["thresholds"]["0.5"]["pass1_ci"]
+    row = summary.row_at(0.5)
+    assert row is not None and row.pass1_ci is not None
+    lo, hi = row.pass1_ci
     assert f"{100 * lo:.0f}–{100 * hi:.0f}" in out and "+50.0" in out
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     assert out.index("Problems:") > out.index("+50.0")  # the overview line comes last
@@ -172,7 +186,9 @@ def test_report_markdown_numbers(tmp_path: Path) -> None:
     assert pruned[8].startswith("12.5% [")
     assert pruned[10].startswith("+25.0 pts [")
     assert table[0][5] == "base"
-    control_rows = [cells_of(line) for line in lines if line.startswith(f"| {RANDOM}")]
+    # The control is named as the random control of its scorer, whole (Markdown has room).
+    control_rows = [cells_of(line) for line in lines if line.startswith("| random control")]
+    assert [row[0] for row in control_rows] == [f"random control ({ATTENTION})"] * 2
     assert [row[8:] for row in control_rows] == [["", "", ""], ["", "", ""]]
     assert "![accuracy vs kept](accuracy_vs_kept.png)" in md
     assert "original answers' pass@1 100.0% [100.0, 100.0]" in md
@@ -202,8 +218,12 @@ def test_print_report_fits_80_columns(tmp_path: Path) -> None:
     con, buffer = console()
     print_report(report, con)
     text = buffer.getvalue()
-    assert "…" not in text
+    # Titles name the scorer and its control by their labels, cut to MAX_LABEL; nothing else
+    # is cut (no rich ellipsis in a cell).
+    titles = [scorer_label(ATTENTION), scorer_label("random-control:seed=0", ATTENTION)]
+    assert titles == [ATTENTION, "random control (attention:query=last,l…)"]
+    assert f"{titles[0]} · text" in text and f"{titles[1]} · text" in text
+    assert "…" not in text.replace(titles[1], "")
     assert max(len(line) for line in text.splitlines()) <= 80
-    assert f"{ATTENTION} · text" in text and f"{RANDOM} · text" in text
     lo, hi = report["runs"][0]["rows"][1]["pass1_ci"]
     assert "37.5%" in text and f"{100 * lo:.0f}–{100 * hi:.0f}" in text and "+25.0" in text

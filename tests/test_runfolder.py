@@ -20,9 +20,9 @@ from stepprune.runfolder import (
     TRACES_FILE,
     RunFolder,
     RunFolderError,
+    adapt_controls,
     control_spec,
-    controlled_scorer,
-    is_control,
+    is_control_spec,
     load_run,
     threshold_key,
 )
@@ -68,29 +68,86 @@ def test_a_unit_is_never_written_twice(tmp_path: Path) -> None:
 
 
 def test_control_records_go_to_their_own_file(tmp_path: Path) -> None:
-    control = replace(_record("a", 0.1), scorer=control_spec(0, "s"))
+    control = replace(_record("a", 0.1), scorer=control_spec(0, "s"), control_of="s")
     random_scorer = replace(_record("a", 0.1), scorer="random:seed=0")
     with _open(tmp_path) as folder:
+        folder.add_trace(_trace("a"))
         folder.add_records([_record("a", 0.1), control, random_scorer])
     assert len((tmp_path / RECORDS_FILE).read_text().splitlines()) == 2  # scorers, random too
-    assert len((tmp_path / CONTROLS_FILE).read_text().splitlines()) == 1
+    (line,) = (tmp_path / CONTROLS_FILE).read_text().splitlines()
+    assert json.loads(line)["control_of"] == "s"
+    # Only controls carry the field: a scorer's records are written as before.
+    assert all("control_of" not in json.loads(x) for x in (tmp_path / RECORDS_FILE).open())
     with _open(tmp_path) as again:
         assert again.has_record("a", 0, 0.1, "random-control:seed=0,of=s")
         assert again.has_record("a", 0, 0.1, "random:seed=0")
         # The control of another scorer is another unit.
         assert not again.has_record("a", 0, 0.1, control_spec(0, "random:seed=0"))
+    assert [r.control_of for r in load_run(tmp_path).records] == [None, None, "s"]
 
 
-def test_only_the_random_control_is_a_control() -> None:
-    assert is_control("random-control:seed=0") and is_control("random-control")
-    assert is_control(control_spec(3, "attention:query=last,layers=all"))
-    assert not is_control("random:seed=0") and not is_control("random")
-    assert not is_control("random-controlled")
-    assert controlled_scorer(control_spec(3, "attention:query=last,layers=all")) == (
-        "attention:query=last,layers=all"
-    )
-    assert controlled_scorer("random-control:seed=0") is None  # written before 0.3
-    assert controlled_scorer("random:seed=0") is None
+def test_a_control_is_a_record_with_control_of() -> None:
+    assert not _record("a", 0.1).is_control
+    control = replace(_record("a", 0.1), scorer=control_spec(3, "attention:layers=all"))
+    assert not control.is_control  # built by hand without the field: adapted by the reader
+    assert replace(control, control_of="attention:layers=all").is_control
+    # The names of older folders' controls, which the reader adapts.
+    assert is_control_spec("random-control:seed=0") and is_control_spec("random-control")
+    assert is_control_spec(control_spec(3, "attention:query=last,layers=all"))
+    assert not is_control_spec("random:seed=0") and not is_control_spec("random")
+    assert not is_control_spec("random-controlled")
+
+
+def _old_folder(path: Path, controls: list[str]) -> None:
+    """A folder as older versions wrote it: scorer "s" at 0.1 on units a and b, and one
+    control row per name in ``controls`` (unit a, then b, ...), none with ``control_of``."""
+    records = [_record(pid, 0.1) for pid in ("a", "b")]
+    units = zip("ab", controls, strict=True)
+    rows = [replace(_record(pid, 0.1), scorer=spec) for pid, spec in units]
+    (path / RECORDS_FILE).write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+    (path / CONTROLS_FILE).write_text("".join(json.dumps(r.to_json()) + "\n" for r in rows))
+    (path / TRACES_FILE).write_text(json.dumps(_trace("a").to_json()) + "\n")
+    (path / "config.json").write_text(json.dumps({"identity": IDENTITY}))
+    assert "control_of" not in (path / CONTROLS_FILE).read_text()
+
+
+def test_reader_adapts_controls_written_before_0_2_to_the_first_scorer(tmp_path: Path) -> None:
+    _old_folder(tmp_path, ["random-control:seed=0", "random-control:seed=0"])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    run = load_run(tmp_path)
+    controls = [r for r in run.records if r.is_control]
+    # The first scorer's control, named as the current version names it.
+    assert [(r.problem_id, r.scorer, r.control_of) for r in controls] == [
+        ("a", control_spec(0, "s"), "s"),
+        ("b", control_spec(0, "s"), "s"),
+    ]
+    assert run.scorer == "s"
+    with _open(tmp_path) as folder:  # the writer sees the same: a run of "s" finds them done
+        assert folder.has_record("a", 0, 0.1, control_spec(0, "s"))
+        assert not folder.has_record("a", 0, 0.1, control_spec(0, "t"))
+        assert [r.control_of for r in folder.records.values()] == [None, None, "s", "s"]
+    before["config.json"] = (tmp_path / "config.json").read_bytes()  # written by _open
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != ".lock"} == before
+
+
+def test_reader_adapts_controls_written_by_0_2_from_their_spec(tmp_path: Path) -> None:
+    # 0.2 named the scorer in the spec only; a legacy control beside it (an old folder resumed)
+    # belongs to the first scorer all the same.
+    _old_folder(tmp_path, [control_spec(0, "other:x=1"), "random-control:seed=0"])
+    controls = [r for r in load_run(tmp_path).records if r.is_control]
+    assert [(r.scorer, r.control_of) for r in controls] == [
+        (control_spec(0, "other:x=1"), "other:x=1"),
+        (control_spec(0, "s"), "s"),
+    ]
+
+
+def test_adapting_controls_is_idempotent_and_needs_a_scorer() -> None:
+    legacy = replace(_record("a", 0.1), scorer="random-control:seed=1")
+    assert adapt_controls([legacy]) == [legacy]  # no scorer to belong to: left as it is
+    (owned,) = adapt_controls([legacy], owner="t")  # the folder's traces' scorer
+    assert (owned.scorer, owned.control_of) == (control_spec(1, "t"), "t")
+    records = adapt_controls([_record("a", 0.1), legacy])
+    assert adapt_controls(records) == records and records[1].control_of == "s"
 
 
 def test_threshold_key_is_canonical() -> None:

@@ -3,10 +3,12 @@ trace; the page in headless Chromium."""
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from stepprune.reporting.html_page import (
     render_html,
     shade,
 )
+from stepprune.reporting.labels import MAX_LABEL, scorer_label
 from stepprune.reporting.show import (
     ShowError,
     lookup_problem_text,
@@ -26,11 +29,11 @@ from stepprune.reporting.show import (
     render_terminal,
     show_problem,
 )
-from stepprune.runfolder import RunFolderError, load_run
+from stepprune.runfolder import RunFolderError, control_spec, load_run
 from tests.run_fixture import (
     ATTENTION,
-    RANDOM,
     STEPS,
+    make_record,
     make_trace,
     problem_statement,
     write_run,
@@ -42,6 +45,15 @@ requires_chromium = pytest.mark.skipif(
     reason=f"{CHROMIUM} not found: run .ci/install-chromium.sh (Debian package 'chromium')",
 )
 SCRIPT_TEXT = "<script>alert('x')</script>"
+# The fixture's control (written before 0.2): the control of its first scorer, as shown.
+CONTROL = scorer_label("random-control:seed=0", ATTENTION)
+LONG = "attention:query=last,layers=all,heads=mean,agg=sum,sink=keep"
+
+
+def view_groups(page: str) -> list[str]:
+    """The text of the page's view-group headings (one per scorer and mode)."""
+    groups = re.findall(r'<div class="view-group">(.*?)</div>', page)
+    return [re.sub(r"<[^>]*>", "", group) for group in groups]
 
 
 @pytest.fixture
@@ -135,9 +147,8 @@ def test_html_views_strike_the_steps_each_record_pruned(run_dir: Path) -> None:
     # Views in order: attention 0.0, 0.5, then the random control 0.0, 0.5.
     labels = re.findall(r'<label for="v(\d)">([^<]*)</label>', page)
     assert labels == [("0", "t=0.0"), ("1", "t=0.5"), ("2", "t=0.0"), ("3", "t=0.5")]
-    groups = re.findall(r'<div class="view-group">([^<]*)</div>', page)
-    assert groups == [f"{ATTENTION} (text):", f"{RANDOM} (text):"]
-    assert f"{RANDOM} (text) t=0.5: kept 2/4 steps" in page  # the view's answer panel
+    assert view_groups(page) == [f"{ATTENTION} (text):", f"{CONTROL} (text):"]
+    assert f"{CONTROL}</span> (text) t=0.5: kept 2/4 steps" in page  # the view's answer panel
     classes = {
         int(i): set(c.split()) for c, i in re.findall(r'<div class="([^"]*)" id="step-(\d+)"', page)
     }
@@ -156,6 +167,33 @@ def test_html_views_strike_the_steps_each_record_pruned(run_dir: Path) -> None:
     assert re.findall(r'id="v(\d)" checked', render_html(trace, records, threshold=0.0)) == ["0"]
     # Shading: the most important step (3) has the top colour.
     assert re.search(r'id="step-3" style="background: rgb\({}, {}, {}\)"'.format(*TOP_RGB), page)
+
+
+def _long_spec_page() -> str:
+    """The page of a trace scored with a long spec, with its control beside it."""
+    trace = make_trace("p1", 0)
+    trace.scorer = LONG
+    records = [make_record("p1", 0, t, True, [0, 3], LONG) for t in (0.0, 0.5)]
+    control = control_spec(0, LONG)
+    for t in (0.0, 0.5):
+        records.append(replace(make_record("p1", 0, t, False, [1, 2], control), control_of=LONG))
+    return render_html(trace, records, "What is (3 + 4) * 2?")
+
+
+def test_html_labels_are_bounded_with_the_full_spec_on_hover() -> None:
+    page = _long_spec_page()
+    labels = re.findall(r'<span class="label" title="([^"]*)">([^<]*)</span>', page)
+    # Two view groups, four answer panels and four table rows, each labelled.
+    assert len(labels) == 10
+    assert {title for title, _ in labels} == {LONG, control_spec(0, LONG)}
+    assert {text for _, text in labels} == {
+        "attention:query=last,layers=all,heads=m…",
+        "random control (attention:query=last,l…)",
+    }
+    assert all(len(html.unescape(text)) <= MAX_LABEL for _, text in labels)
+    # The answers table names each scorer by its label alone.
+    cells = re.findall(r'<tr class="r\d"><td class="text">(.*?)</td>', page)
+    assert [re.sub(r"<[^>]*>", "", c) for c in cells] == [text for _, text in labels[-4:]]
 
 
 def test_html_lists_every_answer_with_correctness(run_dir: Path) -> None:
@@ -243,8 +281,7 @@ def test_a_random_scorer_is_listed_before_the_control(tmp_path: Path) -> None:
     trace = run.trace("p3", 0)
     records = [r for r in run.records if (r.problem_id, r.sample) == ("p3", 0)]
     page = render_html(trace, records[::-1])
-    groups = re.findall(r'<div class="view-group">([^<]*)</div>', page)
-    assert groups == ["random:seed=0 (text):", f"{RANDOM} (text):"]
+    assert view_groups(page) == ["random:seed=0 (text):", "random control (random:seed=0) (text):"]
 
 
 # -- headless Chromium -----------------------------------------------------------------------
@@ -301,6 +338,30 @@ def test_html_renders_in_headless_chromium_without_console_errors(
     assert "<script" not in dom
     assert dom.count('class="step') == len(STEPS)
     assert 'id="v1" checked' in dom
+
+
+# Appended to a copy of the page (which has no scripts of its own): the right edge of each
+# answers-table row's last cell (correct / wrong), and of the document.
+MEASURE = """<script>addEventListener("load", () => {
+  const cells = [...document.querySelectorAll("tr")].map(r => r.lastElementChild);
+  document.body.dataset.right = Math.max(...cells.map(c => c.getBoundingClientRect().right));
+  document.body.dataset.width = document.documentElement.scrollWidth;
+});</script></body>"""
+
+
+@requires_chromium
+def test_html_answers_table_fits_a_1200_pixel_window(tmp_path: Path) -> None:
+    # A control's full spec (86 characters) in the first column pushed the last one out.
+    page = tmp_path / "page.html"
+    page.write_text(_long_spec_page().replace("</body>", MEASURE), encoding="utf-8")
+    command = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,900",
+        f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri(),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    body = re.search(r'<body data-right="([\d.]+)" data-width="(\d+)">', done.stdout)
+    assert body is not None, done.stderr[-2000:]
+    assert float(body.group(1)) <= 1200 and int(body.group(2)) <= 1200
 
 
 @pytest.mark.parametrize(

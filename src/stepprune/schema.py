@@ -1,6 +1,6 @@
 """Plain dataclasses that flow between the pipeline stages and serialise to JSON.
 
-    Problem -> Trace (with Steps) -> Record -> summary
+    Problem -> Trace (with Steps) -> Record -> Summary (stepprune.aggregate)
 
 Token positions are always indices into ``prompt_ids + output_ids`` of a trace, end exclusive.
 """
@@ -185,6 +185,15 @@ class Record(JsonMixin):
     # text-mode answers (kv and online answers are decoded by transformers); None in folders
     # made before engines were recorded (all hf).
     engine: str | None = None
+    # A random-control record: the spec of the scorer it controls (``scorer`` is the control's
+    # own spec, ``random-control:seed=S,of=SCORER``, which keys the unit). None for every other
+    # record. Folders written before the field existed are adapted by the run-folder reader.
+    control_of: str | None = None
+
+    @property
+    def is_control(self) -> bool:
+        """Whether this is a record of the random-pruning control (of ``control_of``)."""
+        return self.control_of is not None
 
     @property
     def steps_kept_pct(self) -> float:
@@ -192,6 +201,10 @@ class Record(JsonMixin):
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        # Only controls carry the field: records.jsonl of a scorer stays as it was written
+        # before controls were typed.
+        if self.control_of is None:
+            del data["control_of"]
         data["steps_kept_pct"] = self.steps_kept_pct
         return data
 

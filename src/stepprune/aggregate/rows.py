@@ -8,13 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stepprune.runfolder import (
-    control_owner,
-    is_control,
-    legacy_owner,
-    name_control,
-    threshold_key,
-)
+from stepprune.runfolder import adapt_controls, threshold_key
 from stepprune.schema import Record
 from stepprune.stats import (
     DEFAULT_LEVEL,
@@ -116,7 +110,8 @@ GroupKey = tuple[str, str, float]
 
 
 def _group_row(label: str, key: GroupKey, records: list[Record], boot: Bootstrap) -> Row:
-    """The figures of one non-empty group; deltas and the control are filled in afterwards."""
+    """The figures of one non-empty group (one scorer, or one scorer's control); deltas and
+    the control beside a scorer are filled in afterwards."""
 
     def avg(value: Callable[[Record], float]) -> float:
         result = mean(value(r) for r in records)
@@ -145,7 +140,7 @@ def _group_row(label: str, key: GroupKey, records: list[Record], boot: Bootstrap
         reasoning_tokens=avg(lambda r: float(r.reasoning_tokens)),
         tokens_saved=avg(lambda r: float(r.reasoning_tokens - r.tokens_kept)),
         tokens_saved_fraction=(reasoning - kept) / reasoning if reasoning else 0.0,
-        is_control=is_control(scorer),
+        is_control=records[0].is_control,
         correct=correct,
         accuracy=correct / len(records),
         avg_steps_kept_pct=avg(lambda r: r.steps_kept_pct),
@@ -154,54 +149,38 @@ def _group_row(label: str, key: GroupKey, records: list[Record], boot: Bootstrap
         tokens_kept_pct=100.0 * kept / reasoning if reasoning else 100.0,
         avg_answer_tokens=avg(lambda r: r.answer_tokens),
         answer_truncation_rate=avg(lambda r: 1.0 if r.answer_truncated else 0.0),
+        control_of=records[0].control_of,
         per_problem=values,
     )
 
 
 def aggregate_rows(
-    records: Iterable[Record],
-    label: str = "",
-    bootstrap: Bootstrap | None = None,
-    *,
-    legacy: str | None = None,
+    records: Iterable[Record], label: str = "", bootstrap: Bootstrap | None = None
 ) -> list[Row]:
     """Rows of ``records``: non-control scorers first (in record order), then controls; within
     a scorer, by mode then ascending threshold.
 
     Args:
-        records: Records of one run (any scorers, modes and thresholds; controls included).
+        records: Records of one run (any scorers, modes and thresholds; controls included), as
+            the run folder's reader gives them: a control is a record with ``control_of``.
+            Records built without the field are adapted as the reader does
+            (``runfolder.adapt_controls``; nothing changes for records read from a folder).
         label: The run's label, copied into every row (reports of several runs).
         bootstrap: Interval settings (default: ``stats`` defaults, seed 0).
-        legacy: The scorer that controls without ``of=`` belong to (default: the first
-            scorer of ``records``, ``runfolder.legacy_owner``).
     """
     boot = bootstrap or Bootstrap()
-    records = list(records)
-    legacy = legacy or legacy_owner(records)
-    specs = {r.scorer for r in records}
-
-    def group_spec(spec: str) -> str:
-        # A control written before 0.2 joins the row of its owner's control when the folder
-        # also has that row (an old folder resumed with more samples); else it keeps its name.
-        if legacy is None or not is_control(spec):
-            return spec
-        named = name_control(spec, legacy)
-        return named if named in specs else spec
-
+    records = adapt_controls(records)
     groups: dict[GroupKey, list[Record]] = defaultdict(list)
     for record in records:
-        key = (group_spec(record.scorer), record.mode, float(threshold_key(record.threshold)))
-        groups[key].append(record)
+        groups[(record.scorer, record.mode, float(threshold_key(record.threshold)))].append(record)
     rows = {key: _group_row(label, key, group, boot) for key, group in groups.items()}
 
     # The control of each (scorer, mode, threshold): only that scorer's controls (every seed
     # pooled, so that several seeds average out instead of one being picked arbitrarily).
-    pooled: dict[tuple[str, str, float], list[Record]] = defaultdict(list)
-    for (spec, mode, threshold), group in groups.items():
-        owner = control_owner(spec, legacy)
-        if owner is not None:
-            pooled[(owner, mode, threshold)].extend(group)
-            rows[(spec, mode, threshold)].control_of = owner
+    pooled: dict[GroupKey, list[Record]] = defaultdict(list)
+    for (_, mode, threshold), row in rows.items():
+        if row.control_of is not None:
+            pooled[(row.control_of, mode, threshold)].extend(groups[(row.scorer, mode, threshold)])
 
     for (scorer, mode, threshold), row in rows.items():
         own = sorted(t for s, m, t in rows if (s, m) == (scorer, mode))
@@ -220,8 +199,7 @@ def aggregate_rows(
             with contextlib.suppress(ValueError):
                 row.vs_control, row.vs_control_ci = boot.delta(row.per_problem, values)
 
-    order = list(dict.fromkeys(group_spec(r.scorer) for r in records))
-    return [
-        rows[key]
-        for key in sorted(rows, key=lambda k: (is_control(k[0]), order.index(k[0]), k[1], k[2]))
-    ]
+    order = list(dict.fromkeys(r.scorer for r in records))
+    return sorted(
+        rows.values(), key=lambda r: (r.is_control, order.index(r.scorer), r.mode, r.threshold)
+    )

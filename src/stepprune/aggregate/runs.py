@@ -1,29 +1,16 @@
-"""Run-level figures, summary.json and report.json, built from the rows."""
+"""Run-level figures and report.json, built from the rows (summary.json: ``aggregate.summary``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from stepprune.aggregate.rows import (
-    Bootstrap,
-    Interval,
-    Row,
-    aggregate_rows,
-    mean,
-)
-from stepprune.runfolder import (
-    Run,
-    is_control,
-    legacy_owner,
-    name_control,
-)
+from stepprune.aggregate.rows import Bootstrap, Interval, aggregate_rows, mean
+from stepprune.runfolder import Run
 from stepprune.schema import Record, Trace
-from stepprune.stats import (
-    per_problem_means,
-)
+from stepprune.stats import per_problem_means
 
 
 @dataclass
@@ -71,108 +58,6 @@ def run_figures(
         original_pass1_ci=boot.ci(list(original.values())) if original else None,
         avg_reasoning_tokens=mean(t.reasoning_end - t.reasoning_start for t in traces),
     )
-
-
-# -- summary.json --------------------------------------------------------------------------------
-
-
-def _threshold_entry(row: Row) -> dict[str, Any]:
-    """The notebook's per-threshold keys, then pass@1 and its interval."""
-    return {
-        "accuracy": row.accuracy,
-        "correct": row.correct,
-        "total": row.records,
-        "avg_steps_kept_pct": row.avg_steps_kept_pct,
-        "avg_output_length": row.avg_chars_kept,
-        "avg_tokens_kept": row.avg_tokens_kept,
-        "avg_tokens_kept_pct": row.tokens_kept_pct,
-        "avg_answer_tokens": row.avg_answer_tokens,
-        "answer_truncation_rate": row.answer_truncation_rate,
-        "pass1": row.pass1,
-        "pass1_ci": list(row.pass1_ci),
-    }
-
-
-def summary_json(
-    records: Iterable[Record],
-    traces: Sequence[Trace],
-    *,
-    model: str,
-    dataset: str,
-    scorer: str,
-    control: str | None,
-    policy: str,
-    mode: str,
-    bootstrap: Bootstrap | None = None,
-) -> dict[str, Any]:
-    """The contents of ``summary.json`` for the records of ``scorer`` (and ``control``).
-
-    Keeps the original notebook's keys (``model``, ``dataset``, ``num_problems``, ``samples``,
-    ``num_traces``, ``truncation_rate``, ``original_accuracy``, ``avg_reasoning_tokens``,
-    ``thresholds.{key}.accuracy/correct/total/avg_steps_kept_pct/avg_output_length/...``),
-    ``random_control`` (the control's own per-threshold figures, with its ``scorer``) when
-    ``control`` is given, and ``scorer``, ``policy``, ``mode``. Each threshold also has
-    ``pass1`` with ``pass1_ci`` ([low, high]) and the control at that threshold:
-    ``random_control_pass1`` / ``random_control_pass1_ci`` and the paired difference
-    ``vs_random`` / ``vs_random_ci`` (None where there is no control).
-
-    ``records`` may hold other scorers and their controls: only ``scorer`` and its own
-    ``control`` are read (``control`` as ``runfolder.control_spec`` names it; a spec without
-    ``of=`` means that control of ``scorer``, and matches records without ``of=`` when
-    ``scorer`` is the folder's first scorer). ``traces`` are the units summarised (for the
-    run-level figures). Thresholds are sorted ascending.
-    """
-    records = list(records)
-    legacy = legacy_owner(records)
-
-    wanted = name_control(control, scorer) if control else None
-    records = [
-        r
-        for r in records
-        if r.scorer == scorer
-        or (
-            wanted is not None
-            and is_control(r.scorer)
-            and name_control(r.scorer, legacy or "") == wanted
-        )
-    ]
-    rows = aggregate_rows(records, bootstrap=bootstrap, legacy=legacy)
-    figures = run_figures(traces, records, bootstrap)
-
-    def by_key(spec: str | None) -> dict[str, Row]:
-        # One folder holds one mode; should it hold several, the run's own mode wins.
-        own = [r for r in rows if (r.control_of == scorer if spec is None else r.scorer == spec)]
-        chosen: dict[str, Row] = {}
-        for row in sorted(own, key=lambda r: r.mode == mode):
-            chosen[row.key] = row
-        return dict(sorted(chosen.items(), key=lambda item: float(item[0])))
-
-    thresholds = {
-        key: {
-            **_threshold_entry(row),
-            "random_control_pass1": row.control_pass1,
-            "random_control_pass1_ci": list(row.control_ci) if row.control_ci else None,
-            "vs_random": row.vs_control,
-            "vs_random_ci": list(row.vs_control_ci) if row.vs_control_ci else None,
-        }
-        for key, row in by_key(scorer).items()
-    }
-    summary: dict[str, Any] = {
-        "model": model,
-        "dataset": dataset,
-        "num_problems": figures.num_problems,
-        "samples": figures.samples,
-        "num_traces": figures.num_traces,
-        "truncation_rate": figures.truncation_rate,
-        "original_accuracy": figures.original_accuracy,
-        "avg_reasoning_tokens": figures.avg_reasoning_tokens,
-        "thresholds": thresholds,
-    }
-    if control is not None:
-        control_rows = {key: _threshold_entry(row) for key, row in by_key(None).items()}
-        summary["random_control"] = {"scorer": control, **control_rows}
-    summary.update(scorer=scorer, policy=policy, mode=mode)
-    return summary
 
 
 # -- report.json ---------------------------------------------------------------------------------

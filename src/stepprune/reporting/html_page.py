@@ -18,7 +18,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from stepprune.runfolder import is_control, threshold_key
+from stepprune.reporting.labels import record_label
+from stepprune.runfolder import threshold_key
 from stepprune.schema import Record, Trace
 
 # Shading runs from white (importance 0) to this orange (the trace's most important step): light
@@ -59,8 +60,7 @@ def order_records(trace: Trace, records: Sequence[Record]) -> list[Record]:
     own = [r for r in records if r.problem_id == trace.problem_id and r.sample == trace.sample]
     return sorted(
         own,
-        key=lambda r: (is_control(r.scorer), r.scorer != trace.scorer, r.scorer, r.mode,
-                       r.threshold),
+        key=lambda r: (r.is_control, r.scorer != trace.scorer, r.scorer, r.mode, r.threshold),
     )  # fmt: skip
 
 
@@ -107,8 +107,10 @@ main > label { font-size: 0.9rem; cursor: pointer; margin-right: 1rem; white-spa
 .answer { display: none; border: 1px solid #ddd; border-radius: 4px; padding: 0.5rem 0.8rem; }
 .answer pre, .original pre { white-space: pre-wrap; margin: 0.3rem 0; }
 .ok { color: #1a7f37; font-weight: 600; } .wrong { color: #b42318; font-weight: 600; }
-table { border-collapse: collapse; font-size: 0.85rem; margin-top: 0.6rem; }
-th, td { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: right; }
+table { border-collapse: collapse; font-size: 0.85rem; margin-top: 0.6rem; max-width: 100%; }
+th, td { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: right;
+  overflow-wrap: anywhere; }
+.label { white-space: nowrap; }
 td.text, th.text { text-align: left; }
 """.replace("TOP", _rgb(TOP_RGB))
 
@@ -126,8 +128,15 @@ def _badge(label: str) -> str:
     return f'<span class="badge" style="color: {colour}">{_esc(label)}</span>'
 
 
+def _label(record: Record) -> str:
+    """The scorer (or "random control (scorer)") that made ``record``, cut to a bounded width
+    (a long spec pushed the answers table's last column out of the window), the full spec on
+    hover."""
+    return f'<span class="label" title="{_esc(record.scorer)}">{_esc(record_label(record))}</span>'
+
+
 def _view_name(record: Record) -> str:
-    return f"{record.scorer} ({record.mode}) t={threshold_key(record.threshold)}"
+    return f"{_label(record)} ({_esc(record.mode)}) t={threshold_key(record.threshold)}"
 
 
 def _verdict(correct: bool | None) -> str:
@@ -216,9 +225,7 @@ def render_html(
                 records[k - 1].mode,
             ):
                 # One line per scorer and mode, so a button never wraps away from its label.
-                out.append(
-                    f'<div class="view-group">{_esc(record.scorer)} ({_esc(record.mode)}):</div>'
-                )
+                out.append(f'<div class="view-group">{_label(record)} ({_esc(record.mode)}):</div>')
             checked = " checked" if k == selected else ""
             name = f"t={threshold_key(record.threshold)}"
             out.append(f'<input type="radio" name="view" id="v{k}"{checked}>'
@@ -244,7 +251,7 @@ def render_html(
         out.append('<div class="answers"><h2>Answer in the selected view</h2>')
         for k, record in enumerate(records):
             out.append(
-                f'<div class="answer a{k}"><div>{_esc(_view_name(record))}: kept '
+                f'<div class="answer a{k}"><div>{_view_name(record)}: kept '
                 f"{record.num_kept_steps}/{record.num_steps} steps, {record.tokens_kept}/"
                 f"{record.reasoning_tokens} reasoning tokens · prediction "
                 f"<code>{_esc(record.prediction)}</code>, gold <code>{_esc(record.gold)}</code> "
@@ -261,7 +268,7 @@ def render_html(
         )
         for k, record in enumerate(records):
             out.append(
-                f'<tr class="r{k}"><td class="text">{_esc(record.scorer)}</td>'
+                f'<tr class="r{k}"><td class="text">{_label(record)}</td>'
                 f"<td>{_esc(record.mode)}</td><td>{threshold_key(record.threshold)}</td>"
                 f"<td>{record.num_kept_steps}/{record.num_steps}</td>"
                 f"<td>{record.tokens_kept}/{record.reasoning_tokens}</td>"

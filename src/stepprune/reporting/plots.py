@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from stepprune.reporting.labels import row_label
 from stepprune.runfolder import threshold_key
 from stepprune.schema import Trace
 
@@ -125,9 +126,10 @@ def _series(report: dict[str, Any]) -> list[dict[str, Any]]:
             if key not in series:
                 name = run["label"]
                 # Several scorers (or a control) in one run: name each, unless the run's label
-                # already names this one.
+                # already names this one (a control as "random control (its scorer)", cut
+                # short: a legend entry stays on one line).
                 if len(scorers) > 1 and row["scorer"] not in name.split(" · "):
-                    name += f" · {row['scorer']}"
+                    name += f" · {row_label(row)}"
                 series[key] = {
                     "name": name,
                     "colour": colour,

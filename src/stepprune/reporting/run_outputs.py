@@ -1,19 +1,19 @@
 """What every `stepprune run` writes and prints at its end.
 
-Run (the folder's contents) -> aggregate.summary_json() -> summary.json
-                                                         -> tables: results.md, terminal
+Run (the folder's contents) -> aggregate.build_summary() -> Summary -> summary.json
+                                                                    -> tables: results.md,
+                                                                       terminal
                             -> plots: importance.png (the trace with the most steps)
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 
-from stepprune.aggregate import summary_json
+from stepprune.aggregate import Summary, build_summary
 from stepprune.reporting.plots import importance_figure, pick_trace_for_plot, save_figure
 from stepprune.reporting.tables import print_summary_table, results_markdown
 from stepprune.runfolder import (
@@ -55,11 +55,11 @@ def write_run_outputs(
     units: set[tuple[str, int]] | None,
     out: Console,
     err: Console,
-) -> dict[str, Any]:
+) -> Summary:
     """Write summary.json, results.md and importance.png into run.path for the records of
-    `scorer` (and `control`) at `thresholds` over `units` (problem_id, sample) (None = all);
-    print the results table to `out` (stdout) and warnings (truncated traces) to `err`;
-    return the summary dict.
+    `scorer` (and its control, the spec `control`) at `thresholds` over `units` (problem_id,
+    sample) (None = all); print the results table to `out` (stdout) and warnings (truncated
+    traces) to `err`; return the summary (``summary.to_json()`` is summary.json's object).
 
     The summary's ``model`` is the run's model setting and ``dataset`` its short name (a
     built-in name, or a file's stem). Records of other scorers and thresholds in the folder
@@ -81,7 +81,7 @@ def write_run_outputs(
         and r.scorer in (scorer, control)
     ]
     warn_truncated(traces, run.settings.get("max_new_tokens"), err)
-    summary = summary_json(
+    summary = build_summary(
         records,
         traces,
         model=run.model,
@@ -91,7 +91,7 @@ def write_run_outputs(
         policy=policy,
         mode=mode,
     )
-    write_atomic(run.path / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    write_atomic(run.path / SUMMARY_FILE, summary.to_text())
     write_atomic(run.path / RESULTS_FILE, results_markdown(summary))
     trace = pick_trace_for_plot(traces)
     if trace is not None:

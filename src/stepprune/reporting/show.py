@@ -28,6 +28,7 @@ from stepprune.reporting.html_page import (
     render_html,
     shade,
 )
+from stepprune.reporting.labels import record_label
 from stepprune.runfolder import (  # RUN_FILES: never overwritten by an HTML page
     CONFIG_FILE,
     RUN_FILES,
@@ -75,7 +76,7 @@ def _answers_table(trace: Trace, records: Sequence[Record], selected: Record | N
         table.add_column(name, justify="left" if name in ("Scorer", "Prediction") else "right")
     for record in records:
         table.add_row(
-            record.scorer,
+            record_label(record),
             threshold_key(record.threshold),
             f"{record.num_kept_steps}/{record.num_steps}",
             f"{record.tokens_kept}/{record.reasoning_tokens}",
@@ -216,13 +217,14 @@ def show_problem(
         console.print(Text(text), style="italic")
     if selected is not None:
         console.print(
-            f"scorer {selected.scorer}, threshold {threshold_key(selected.threshold)}: "
+            f"{record_label(selected)}, threshold {threshold_key(selected.threshold)}: "
             f"kept {selected.num_kept_steps} of {selected.num_steps} steps ('+' kept, '-' pruned); "
             "shading = importance / the trace's largest",
             highlight=False,
         )
     console.print()
-    shown = run.scored_trace(trace, selected.scorer) if selected else trace  # its scorer's shading
+    # The shading of the scorer shown (a control's: the scorer it controls).
+    shown = run.scored_trace(trace, selected.control_of or selected.scorer) if selected else trace
     render_terminal(shown, set(selected.kept_steps) if selected else None, console)
     if records:
         console.print(_answers_table(trace, records, selected))

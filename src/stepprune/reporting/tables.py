@@ -1,10 +1,11 @@
 """Tables: Markdown and terminal (rich) renderings of the aggregation. Rendering only.
 
-    summary dict (summary.json) -> results_markdown() (results.md) / print_summary_table()
-    report dict (report.json)   -> report_markdown()  (report.md)  / print_report()
+    Summary (summary.json)    -> results_markdown() (results.md) / print_summary_table()
+    report dict (report.json) -> report_markdown()  (report.md)  / print_report()
 
-Both dicts come from ``stepprune.aggregate`` (or their JSON files read back); nothing here
-computes a statistic. Percentages are fractions x 100 with one decimal; deltas are in points.
+Both come from ``stepprune.aggregate`` (or their JSON files read back: ``Summary.from_json``);
+nothing here computes a statistic. Percentages are fractions x 100 with one decimal; deltas are
+in points. Scorers and controls are named as ``reporting.labels`` says.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from stepprune.aggregate import Summary, SummaryRow
+from stepprune.reporting.labels import row_label
 from stepprune.runfolder import threshold_key
 from stepprune.stats import DEFAULT_LEVEL
 
@@ -69,82 +72,75 @@ def _markdown_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> li
 # -- results.md and the table at the end of `stepprune run` --------------------------------------
 
 
-def _sorted_rows(summary: dict[str, Any]) -> list[tuple[float, dict[str, Any]]]:
-    """Threshold rows in ascending order (also for a summary read back from JSON)."""
-    items = ((float(k), v) for k, v in summary.get("thresholds", {}).items())
-    return sorted(items, key=lambda item: item[0])
-
-
-def _notes(threshold: float, row: dict[str, Any], reference: tuple[float, dict[str, Any]]) -> str:
+def _notes(row: SummaryRow, reference: SummaryRow) -> str:
     """Deltas of ``row`` against the reference row (the 0.0 row, else the smallest threshold)."""
-    ref_threshold, ref = reference
-    if threshold == 0.0:
+    if row.threshold == 0.0:
         return BASELINE_NOTE
-    if threshold == ref_threshold:
+    if row is reference:
         return REFERENCE_NOTE
-    parts = [f"{100.0 * (row['accuracy'] - ref['accuracy']):+.1f} pts acc"]
+    parts = [f"{100.0 * (row.accuracy - reference.accuracy):+.1f} pts acc"]
     # Tokens as a relative change: "-41.2% tokens" means 41.2% fewer reasoning tokens kept.
-    if ref["avg_tokens_kept"]:
-        change = 100.0 * (row["avg_tokens_kept"] - ref["avg_tokens_kept"]) / ref["avg_tokens_kept"]
-        parts.append(f"{change:+.1f}% tokens")
+    if reference.avg_tokens_kept and row.avg_tokens_kept is not None:
+        change = 100.0 * (row.avg_tokens_kept - reference.avg_tokens_kept)
+        parts.append(f"{change / reference.avg_tokens_kept:+.1f}% tokens")
     else:
         parts.append("n/a tokens")
     return ", ".join(parts)
 
 
-def _summary_cells(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+def _number(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _summary_cells(summary: Summary) -> list[tuple[str, ...]]:
     """The cells of the results table, one tuple per threshold, shared by Markdown and rich."""
-    rows = _sorted_rows(summary)
-    if not rows:
+    reference = summary.reference_row
+    if reference is None:
         return []
-    # Prefer the 0.0 row: every threshold goes through the same re-evaluation path, so 0.0 is
-    # the fair baseline. Without it, the least-pruned row is the closest stand-in.
-    reference = next((item for item in rows if item[0] == 0.0), rows[0])
     return [
         (
-            threshold_key(threshold),
-            f"{_pct(row['accuracy'])} ({row['correct']}/{row['total']})",
-            f"{row['avg_steps_kept_pct']:.1f}%",
-            f"{row['avg_output_length']:.0f}",
-            f"{row['avg_tokens_kept']:.0f} ({row['avg_tokens_kept_pct']:.1f}%)",
-            _notes(threshold, row, reference),
+            row.key,
+            f"{_pct(row.accuracy)} ({row.correct}/{row.records})",
+            f"{row.avg_steps_kept_pct:.1f}%",
+            f"{row.avg_chars_kept:.0f}",
+            f"{_number(row.avg_tokens_kept, '.0f')} ({_number(row.tokens_kept_pct, '.1f')}%)",
+            _notes(row, reference),
         )
-        for threshold, row in rows
+        for row in summary.rows
     ]
 
 
-def _with_control(summary: dict[str, Any]) -> bool:
-    return any(row.get("random_control_pass1") is not None for _, row in _sorted_rows(summary))
+def _pass1_rows(summary: Summary) -> list[SummaryRow]:
+    """The rows with pass@1 (a summary.json written before pass@1 existed has none)."""
+    return [row for row in summary.rows if row.pass1 is not None]
 
 
-def _pass1_cells(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def _pass1_cells(summary: Summary) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the pass@1 table: pass@1 and, with a control, the control's pass@1
     and the paired difference scorer - control, each with its interval."""
     header = ["Threshold", f"pass@1 [{LEVEL} CI]"]
-    control = _with_control(summary)
+    control = summary.has_control
     if control:
         header += [f"Random pass@1 [{LEVEL} CI]", f"Δ vs random [{LEVEL} CI]"]
     cells = []
-    for threshold, row in _sorted_rows(summary):
-        if "pass1" not in row:  # a summary.json written before pass@1 was added
-            continue
-        line = [threshold_key(threshold), _with_ci(row["pass1"], row["pass1_ci"])]
+    for row in _pass1_rows(summary):
+        line = [row.key, _with_ci(row.pass1, row.pass1_ci)]
         if control:
             line += [
-                _with_ci(row["random_control_pass1"], row["random_control_pass1_ci"]),
-                _delta_cell(row["vs_random"], row["vs_random_ci"], "n/a"),
+                _with_ci(row.control_pass1, row.control_ci),
+                _delta_cell(row.vs_control, row.vs_control_ci, "n/a"),
             ]
         cells.append(line)
     return header, cells
 
 
-def _overview(summary: dict[str, Any]) -> str:
+def _overview(summary: Summary) -> str:
     """One line of counts and trace-level rates."""
     return (
-        f"Problems: {summary['num_problems']}, samples per problem: {summary['samples']}, "
-        f"traces: {summary['num_traces']}, "
-        f"truncation rate: {_pct(summary.get('truncation_rate'))}, "
-        f"original accuracy: {_pct(summary.get('original_accuracy'))}"
+        f"Problems: {summary.num_problems}, samples per problem: {summary.samples}, "
+        f"traces: {summary.num_traces}, "
+        f"truncation rate: {_pct(summary.truncation_rate)}, "
+        f"original accuracy: {_pct(summary.original_accuracy)}"
     )
 
 
@@ -169,27 +165,27 @@ CONTROL_EXPLAINED = (
 )
 
 
-def results_markdown(summary: dict[str, Any]) -> str:
+def results_markdown(summary: Summary) -> str:
     """The summary as Markdown: title, overview line, the results table with its column
     explanations, then the pass@1 table (intervals, and the random control when there is one)."""
-    lines = [f"# Results: {summary['model']} on {summary['dataset']}", "", _overview(summary), ""]
+    lines = [f"# Results: {summary.model} on {summary.dataset}", "", _overview(summary), ""]
     lines += _markdown_table(TABLE_HEADER, _summary_cells(summary))
     lines += ["", COLUMNS_EXPLAINED, ""]
     header, cells = _pass1_cells(summary)
     if cells:
         lines += [f"## pass@1 with {LEVEL} intervals", ""]
         lines += _markdown_table(header, cells)
-        explained = PASS1_EXPLAINED + (CONTROL_EXPLAINED if _with_control(summary) else "")
+        explained = PASS1_EXPLAINED + (CONTROL_EXPLAINED if summary.has_control else "")
         lines += ["", explained, ""]
     return "\n".join(lines)
 
 
-def print_summary_table(summary: dict[str, Any], console: Console) -> None:
+def print_summary_table(summary: Summary, console: Console) -> None:
     """Print the results table (same rows as the Markdown), then pass@1 with intervals and the
     random control, then the overview line; compact enough for 80 columns (no vertical rules,
     the baseline note shortened, intervals in whole points under each value)."""
     table = Table(
-        title=f"{summary['model']} on {summary['dataset']}",
+        title=f"{summary.model} on {summary.dataset}",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
@@ -202,10 +198,10 @@ def print_summary_table(summary: dict[str, Any], console: Console) -> None:
         table.add_row(*cells[:-1], notes)
     console.print(table)
 
-    rows = [(t, row) for t, row in _sorted_rows(summary) if "pass1" in row]
+    rows = _pass1_rows(summary)
     if rows:
-        control = _with_control(summary)
-        scorer = summary.get("scorer")
+        control = summary.has_control
+        scorer = summary.scorer
         # A line of its own rather than a table title: a title wider than the table wraps.
         console.print(
             f"pass@1{f' of {scorer}' if scorer else ''} over problems, {LEVEL} interval below "
@@ -215,12 +211,12 @@ def print_summary_table(summary: dict[str, Any], console: Console) -> None:
         pass1 = Table(box=box.SIMPLE_HEAD, pad_edge=False)
         for name in ["t", "pass@1"] + (["random", "Δ random"] if control else []):
             pass1.add_column(name, justify="right")
-        for threshold, row in rows:
-            cells = [threshold_key(threshold), _compact(row["pass1"], row["pass1_ci"])]
+        for row in rows:
+            cells = [row.key, _compact(row.pass1, row.pass1_ci)]
             if control:
                 cells += [
-                    _compact(row["random_control_pass1"], row["random_control_pass1_ci"]),
-                    _compact(row["vs_random"], row["vs_random_ci"], signed=True),
+                    _compact(row.control_pass1, row.control_ci),
+                    _compact(row.vs_control, row.vs_control_ci, signed=True),
                 ]
             pass1.add_row(*cells, end_section=True)
         console.print(pass1)
@@ -246,7 +242,7 @@ def _report_cells(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for row in rows:
         line = [row["run"]] if with_run else []
         line += [
-            row["scorer"],
+            row_label(row, limit=None),  # Markdown has room for the whole spec
             row["mode"],
             threshold_key(row["threshold"]),
             str(row["problems"]),
@@ -318,9 +314,12 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in run["rows"]:
             groups.setdefault((row["scorer"], row["mode"]), []).append(row)
-        for (scorer, mode), rows in groups.items():
-            title = " · ".join([run["label"]] * with_run + [scorer, mode])
-            table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for (_, mode), rows in groups.items():
+            title = " · ".join([run["label"]] * with_run + [row_label(rows[0]), mode])
+            # A line of its own rather than a table title: a title wider than the table (a
+            # control's has no control columns) wraps.
+            console.print(title, highlight=False, style="italic")
+            table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
             names = ["t", "n", "pass@1", "Δ base", "kept", "saved"]
             with_control = any(row["control_pass1"] is not None for row in rows)
             if with_control:

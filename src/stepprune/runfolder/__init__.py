@@ -17,11 +17,13 @@ Lines are appended, flushed and fsynced one unit at a time. A run killed mid-wri
 most one partial last line: the writer cuts it when it opens the folder, the reader skips it.
 
 ``RunFolder`` is the writer (``stepprune run``); ``load_run`` the read-only reader (reports,
-``show``). Both use the same keys: ``threshold_key`` and ``record_key``; ``is_control`` is the
-one rule for what is a random-control record, ``control_owner`` the one rule for which scorer
-a control record controls.
+``show``). Both use the same keys (``threshold_key``, ``record_key``) and see a folder alike:
+a random-control record is one whose ``Record.control_of`` names the scorer it controls, and
+controls of folders written before that field are adapted once, as they are read
+(``adapt_controls``).
 """
 
+from stepprune.runfolder.errors import RunFolderError
 from stepprune.runfolder.jsonl import append_jsonl, read_jsonl, write_atomic
 from stepprune.runfolder.names import (
     BENCH_SCORERS_FILE,
@@ -38,19 +40,19 @@ from stepprune.runfolder.names import (
     SUMMARY_FILE,
     TRACES_FILE,
     RecordKey,
-    RunFolderError,
-    control_owner,
     control_spec,
-    controlled_scorer,
-    is_control,
-    legacy_owner,
-    name_control,
+    is_control_spec,
+    record_file,
     record_key,
     records_file,
     threshold_key,
 )
-from stepprune.runfolder.reader import Run, adopt_legacy_controls, load_run
+from stepprune.runfolder.reader import Run, adapt_controls, load_run
 from stepprune.runfolder.writer import RunFolder
+
+# Kept for callers of the name-based rule (tests/test_modes_matrix.py reads JSON rows): in the
+# package a control is ``record.is_control``.
+is_control = is_control_spec
 
 __all__ = [
     "BENCH_SCORERS_FILE",
@@ -70,16 +72,14 @@ __all__ = [
     "Run",
     "RunFolder",
     "RunFolderError",
-    "adopt_legacy_controls",
+    "adapt_controls",
     "append_jsonl",
-    "control_owner",
     "control_spec",
-    "controlled_scorer",
     "is_control",
-    "legacy_owner",
+    "is_control_spec",
     "load_run",
-    "name_control",
     "read_jsonl",
+    "record_file",
     "record_key",
     "records_file",
     "threshold_key",

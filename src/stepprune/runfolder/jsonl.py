@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from stepprune.runfolder.names import RunFolderError
+from stepprune.runfolder.errors import RunFolderError
 
 
 def write_atomic(path: Path, text: str) -> None:

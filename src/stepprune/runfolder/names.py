@@ -1,13 +1,11 @@
-"""File names of a run folder, its keys, and the one rule for what is a random control.
+"""Names in a run folder: its files, the keys of its rows, and the name of a control.
 
-A control's spec names the scorer it controls (``random-control:seed=S,of=SCORER``), so the
-controls of two scorers in one folder are separate units; folders written before 0.2 hold
-``random-control:seed=S``, read as the control of the folder's first scorer.
+A random-control record is told apart by its field ``Record.control_of`` (the scorer it
+controls), not by its name; the name matters only as part of the record's key, and to the
+reader, which adapts folders written before the field existed (``reader.adapt_controls``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 from stepprune.schema import Record
 
@@ -47,53 +45,26 @@ REQUIRED_FILES = (CONFIG_FILE, TRACES_FILE, RECORDS_FILE)
 
 # The random-pruning control that `stepprune run` adds beside every scorer. Its spec is
 # ``random-control:seed=S,of=SCORER``: the control of one scorer (it keeps as many steps as that
-# scorer at each threshold), so a folder reused with another --scorer gets another control.
-# Folders written before 0.2 hold ``random-control:seed=S`` (see ``control_owner``). A user's
-# own ``random`` scorer is *not* a control.
+# scorer at each threshold), so a folder reused with another --scorer gets another unit.
+# A user's own `random` scorer is *not* a control.
 CONTROL_SCORER = "random-control"
-_OF = ",of="
+CONTROL_OF = ",of="
 
 RecordKey = tuple[str, int, str, str]
 
 
-class RunFolderError(RuntimeError):
-    """The run folder cannot be used (another experiment, a corrupted file, held by a run)."""
-
-
-def is_control(scorer: str) -> bool:
-    """Whether ``scorer`` is the random-pruning control's spec (``random-control:seed=S``)."""
-    return scorer == CONTROL_SCORER or scorer.startswith(CONTROL_SCORER + ":")
-
-
 def control_spec(seed: int, scorer: str) -> str:
     """The spec of the random control of ``scorer``: ``random-control:seed=S,of=SCORER``."""
-    return f"{CONTROL_SCORER}:seed={seed}{_OF}{scorer}"
+    return f"{CONTROL_SCORER}:seed={seed}{CONTROL_OF}{scorer}"
 
 
-def controlled_scorer(spec: str) -> str | None:
-    """The scorer a control spec names (``of=``); None for other specs and for controls
-    written before controls named their scorer."""
-    if not is_control(spec) or _OF not in spec:
-        return None
-    return spec.split(_OF, 1)[1]
+def is_control_spec(spec: str) -> bool:
+    """Whether ``spec`` is a control's name (``random-control`` or ``random-control:...``).
 
-
-def name_control(spec: str, owner: str) -> str:
-    """A control spec that names its scorer: ``spec`` itself, or (written before 0.2)
-    ``spec`` with ``of=owner`` added."""
-    return spec if controlled_scorer(spec) is not None else f"{spec}{_OF}{owner}"
-
-
-def legacy_owner(records: Iterable[Record]) -> str | None:
-    """The scorer that a control without ``of=`` (written before 0.2) belongs to: the folder's
-    first scorer, i.e. that of its first non-control record. Those versions wrote one control
-    per unit, with the first run's scorer, and reused it for every later --scorer."""
-    return next((r.scorer for r in records if not is_control(r.scorer)), None)
-
-
-def control_owner(spec: str, legacy: str | None) -> str | None:
-    """The scorer that the control ``spec`` controls (``legacy``: see ``legacy_owner``)."""
-    return controlled_scorer(spec) or (legacy if is_control(spec) else None)
+    Only for names read from a folder written before ``Record.control_of`` (see
+    ``reader.adapt_controls``): everywhere else a control is ``record.is_control``.
+    """
+    return spec == CONTROL_SCORER or spec.startswith(CONTROL_SCORER + ":")
 
 
 def threshold_key(threshold: float) -> str:
@@ -111,6 +82,13 @@ def record_key(record: Record) -> RecordKey:
     return (record.problem_id, record.sample, threshold_key(record.threshold), record.scorer)
 
 
+def record_file(record: Record) -> str:
+    """The file that holds ``record``: controls go to their own file, so that records.jsonl
+    holds exactly problems x samples x thresholds for each scorer."""
+    return CONTROLS_FILE if record.is_control else RECORDS_FILE
+
+
 def records_file(scorer: str) -> str:
-    """The file that holds records of ``scorer``: the control's go to their own file."""
-    return CONTROLS_FILE if is_control(scorer) else RECORDS_FILE
+    """The file for records named ``scorer``, from the name alone: kept for hand-written
+    folders (tests/run_fixture.py); the writer uses ``record_file``."""
+    return CONTROLS_FILE if is_control_spec(scorer) else RECORDS_FILE

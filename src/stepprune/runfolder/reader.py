@@ -1,14 +1,21 @@
-"""The read-only reader of a run folder (reports, ``show``): ``load_run`` -> ``Run``."""
+"""The read-only reader of a run folder (reports, ``show``): ``load_run`` -> ``Run``.
+
+It is also where folders written by older versions are adapted, once, for everything that
+reads them (the writer included): ``adapt_controls``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from stepprune.runfolder.errors import RunFolderError
 from stepprune.runfolder.jsonl import _parse, _read_json, _read_scores
 from stepprune.runfolder.names import (
     CONFIG_FILE,
+    CONTROL_OF,
     CONTROLS_FILE,
     RECORDS_FILE,
     REQUIRED_FILES,
@@ -16,27 +23,50 @@ from stepprune.runfolder.names import (
     SUMMARY_FILE,
     TRACES_FILE,
     RecordKey,
-    RunFolderError,
-    controlled_scorer,
-    is_control,
-    legacy_owner,
-    name_control,
+    is_control_spec,
     record_key,
 )
 from stepprune.schema import Record, Trace
 
 
-def adopt_legacy_controls(records: list[Record]) -> list[Record]:
-    """``records`` with each control written before 0.2 (``random-control:seed=S``) named as the
-    control of the folder's first scorer (``legacy_owner``), so that a run of that scorer finds
-    it done and a run of another scorer makes its own. The files are not rewritten."""
-    owner = legacy_owner(records)
-    if owner is None:
-        return records
-    return [
-        replace(r, scorer=name_control(r.scorer, owner)) if is_control(r.scorer) else r
-        for r in records
-    ]
+def adapt_controls(records: Iterable[Record], owner: str | None = None) -> list[Record]:
+    """``records`` with every random-control record carrying ``control_of``, the scorer it
+    controls, as the current version writes them; records that carry it are left as they are.
+
+    Two older forms lack the field:
+
+    - 0.2 (``random-control:seed=S,of=SCORER``): ``control_of`` is the ``of=`` part.
+    - before 0.2 (``random-control:seed=S``): those versions wrote one control per unit, with
+      the first run's scorer, and reused it for every later --scorer. It is the control of the
+      folder's first scorer (that of the first record that is not a control, else ``owner``:
+      the scorer the folder's traces were made with), and gets the name the current version
+      gives that control (``,of=SCORER`` added), so that a run of that scorer finds its units
+      done and a report shows one control per scorer. Without any scorer it stays as it is.
+
+    The files are never rewritten. Records built in memory without the field (by hand) are
+    adapted the same way, so this is idempotent.
+    """
+    records = list(records)
+    first = next(
+        (r.scorer for r in records if not r.is_control and not is_control_spec(r.scorer)), owner
+    )
+    adapted = []
+    for record in records:
+        if record.is_control or not is_control_spec(record.scorer):
+            adapted.append(record)
+        elif CONTROL_OF in record.scorer:
+            adapted.append(replace(record, control_of=record.scorer.split(CONTROL_OF, 1)[1]))
+        elif first is not None:
+            named = f"{record.scorer}{CONTROL_OF}{first}"
+            adapted.append(replace(record, scorer=named, control_of=first))
+        else:
+            adapted.append(record)
+    return adapted
+
+
+def traces_scorer(traces: Iterable[Trace]) -> str | None:
+    """The scorer the folder's first traces were scored with (None when none says)."""
+    return next((t.scorer for t in traces if t.scorer), None)
 
 
 @dataclass
@@ -52,6 +82,8 @@ class Run:
     config: dict[str, Any]
     traces: list[Trace]
     records: list[Record]
+    # summary.json as written (see aggregate.Summary.from_json for its typed form): kept raw,
+    # since only its presence is needed (whether the run finished).
     summary: dict[str, Any] | None = None
     scores: dict[tuple[str, int, str], list[float]] = field(default_factory=dict)
     settings: dict[str, Any] = field(init=False)
@@ -72,7 +104,7 @@ class Run:
     def scorer(self) -> str:
         """The run's scorer spec: the first non-control record's, else the config's."""
         for record in self.records:
-            if not is_control(record.scorer):
+            if not record.is_control:
                 return record.scorer
         if self.settings.get("scorer"):
             return str(self.settings["scorer"])
@@ -85,10 +117,10 @@ class Run:
         return self.records[0].mode if self.records else "?"
 
     def scored_trace(self, trace: Trace, scorer: str) -> Trace:
-        """``trace`` with its steps' importances under ``scorer`` (the scorer a control
-        controls, for a control spec): a trace holds the importances of the scorer it was made
-        with, and scores.jsonl those of scorers run on the folder later. Unknown: as it is."""
-        scorer = controlled_scorer(scorer) or scorer
+        """``trace`` with its steps' importances under ``scorer`` (for a control's record, pass
+        the scorer it controls: ``record.control_of or record.scorer``): a trace holds the
+        importances of the scorer it was made with, and scores.jsonl those of scorers run on
+        the folder later. Unknown: as it is."""
         importances = self.scores.get((trace.problem_id, trace.sample, scorer))
         if trace.scorer == scorer or importances is None:
             return trace
@@ -114,7 +146,8 @@ def load_run(path: Path | str) -> Run:
     """Read a run folder written by ``stepprune run`` (finished or not), changing nothing.
 
     Duplicate lines (the same trace or record appended twice) keep the last one, as the writer
-    does, so a report never counts a unit twice.
+    does, so a report never counts a unit twice. Controls of older folders are adapted
+    (``adapt_controls``).
 
     Raises:
         RunFolderError: ``path`` is missing, not a folder, lacks one of ``config.json``,
@@ -133,10 +166,12 @@ def load_run(path: Path | str) -> Run:
             )
     config = _read_json(folder / CONFIG_FILE)
     traces = {(t.problem_id, t.sample): t for t in _parse(folder / TRACES_FILE, False, Trace)}
-    records: dict[RecordKey, Record] = {}
-    for name in (RECORDS_FILE, CONTROLS_FILE):  # controls.jsonl is optional
-        for record in _parse(folder / name, False, Record):
-            records[record_key(record)] = record
+    read = [
+        r for name in (RECORDS_FILE, CONTROLS_FILE) for r in _parse(folder / name, False, Record)
+    ]
+    records: dict[RecordKey, Record] = {}  # controls.jsonl is optional
+    for record in adapt_controls(read, traces_scorer(traces.values())):
+        records[record_key(record)] = record
     summary_path = folder / SUMMARY_FILE
     summary = _read_json(summary_path) if summary_path.is_file() else None
     scores = _read_scores(folder / SCORES_FILE, False)

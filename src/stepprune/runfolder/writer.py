@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from stepprune.runfolder.errors import RunFolderError
 from stepprune.runfolder.jsonl import (
     _parse,
     _read_json,
@@ -24,12 +25,11 @@ from stepprune.runfolder.names import (
     SCORES_FILE,
     TRACES_FILE,
     RecordKey,
-    RunFolderError,
+    record_file,
     record_key,
-    records_file,
     threshold_key,
 )
-from stepprune.runfolder.reader import Run, adopt_legacy_controls
+from stepprune.runfolder.reader import Run, adapt_controls, traces_scorer
 from stepprune.schema import Record, Trace
 
 
@@ -91,14 +91,15 @@ class RunFolder:
             (t.problem_id, t.sample): t for t in _parse(self.out / TRACES_FILE, True, Trace)
         }
         self.scores = _read_scores(self.out / SCORES_FILE, True)
+        read = [
+            r
+            for name in (RECORDS_FILE, CONTROLS_FILE)
+            for r in _parse(self.out / name, True, Record)
+        ]
         self.records: dict[RecordKey, Record] = {}
-        for record in adopt_legacy_controls(
-            [
-                r
-                for name in (RECORDS_FILE, CONTROLS_FILE)
-                for r in _parse(self.out / name, True, Record)
-            ]
-        ):
+        # The reader's adaptation: a control written before 0.2 counts as done for the folder's
+        # first scorer (its key gains that scorer), as load_run shows it.
+        for record in adapt_controls(read, traces_scorer(self.traces.values())):
             self.records[record_key(record)] = record
 
     def write_config(self) -> None:
@@ -127,10 +128,16 @@ class RunFolder:
         self.traces[(trace.problem_id, trace.sample)] = trace
 
     def add_records(self, records: list[Record]) -> None:
-        """Append the records not yet in the folder (a unit is never written twice)."""
-        new = [r for r in records if record_key(r) not in self.records]
+        """Append the records not yet in the folder (a unit is never written twice); controls
+        go to controls.jsonl.
+
+        A control record made without ``control_of`` (``random-control:seed=S,of=SCORER``
+        built by hand) gets it as the reader would give it, so that it is filed and read as
+        a control; records of the run carry it already.
+        """
+        new = [r for r in adapt_controls(records) if record_key(r) not in self.records]
         for name in (RECORDS_FILE, CONTROLS_FILE):
-            rows = [r.to_json() for r in new if records_file(r.scorer) == name]
+            rows = [r.to_json() for r in new if record_file(r) == name]
             if rows:
                 self._append(name, rows)
         for record in new:
