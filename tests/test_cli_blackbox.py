@@ -18,13 +18,13 @@ Unwritable places that stop root too (the tests run as root, whom chmod does not
 under a regular file (``plain.txt/sub``), and ``/sys/...`` (sysfs lets nobody create files).
 An unreadable file: ``/proc/self/mem`` (reading it gives EIO).
 
-Cases run two or three at a time through a fork server (``SERVER``): one interpreter imports
-stepprune, torch and transformers once, and each case is a child process forked from it that
-runs ``python -m stepprune ARGS`` (``runpy``, as the interpreter does) with its own session,
-working folder, environment, stdout, stderr and exit status. A case then costs what its command
-does (a fraction of a second before a model is loaded) instead of 3-5 s of imports. The real
-run folder, and one case of each kind (``INTERPRETER_CASES``), use ``sys.executable -m
-stepprune`` itself.
+Cases run two or three at a time through a fork server (``tests.processes.ForkServer``): one
+interpreter imports stepprune, torch and transformers once, and each case is a child process
+forked from it that runs ``python -m stepprune ARGS`` (``runpy``, as the interpreter does) with
+its own session, working folder, environment, stdout, stderr and exit status. A case then costs
+what its command does (a fraction of a second before a model is loaded) instead of 3-5 s of
+imports. The real run folder, and one case of each kind (``INTERPRETER_CASES``), use
+``sys.executable -m stepprune`` itself.
 """
 
 from __future__ import annotations
@@ -34,11 +34,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +44,7 @@ import torch
 
 from stepprune.cli import DEFAULT_THRESHOLDS_TEXT
 from stepprune.config import DEFAULT_THRESHOLDS
+from tests.processes import Finished, ForkServer, invoke, invoke_interpreter
 
 RUN_ARGS = ("run", "--device", "cpu", "--answer-max-tokens", "4")
 # Run commands on the tiny model; a fresh --out, so nothing is written in the working folder.
@@ -511,180 +507,12 @@ def _environment(extra: dict[str, str]) -> dict[str, str]:
 
 
 @dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-    seconds: float
+class Result(Finished):
+    """How a case ended, and what it left in its copy of the run folder and under {new}."""
+
     before: dict[str, str] | None = None  # hashes of the case's run folder copy
     after: dict[str, str] | None = None
     new_files: list[str] = field(default_factory=list)  # what is under {new} afterwards
-    leftover: bool = False  # a process of the case was still alive after it exited
-
-
-# The fork server: one interpreter that has imported stepprune (torch, transformers) and, per
-# case, forks a child that runs `python -m stepprune ARGS` (runpy, as the interpreter does) in its
-# own session, with its own working folder, environment, stdout and stderr files, and writes its
-# exit status to a file when it ends. A case costs its command, not the 3-5 s of imports.
-SERVER = r"""
-import atexit, json, os, runpy, signal, sys, traceback
-
-import stepprune.bench.kv, stepprune.bench.scorers, stepprune.bench.scoring
-import stepprune.cli, stepprune.experiment, stepprune.reporting.report, stepprune.reporting.show
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-def case(request):
-    os.setsid()
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        os.dup2(os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-    sys.argv = ["stepprune", *request["args"]]
-    try:
-        runpy.run_module("stepprune", run_name="__main__", alter_sys=True)
-        return 0
-    except SystemExit as exit:
-        if exit.code is None or isinstance(exit.code, int):
-            return exit.code or 0
-        print(exit.code, file=sys.stderr)
-        return 1
-    except BaseException:
-        traceback.print_exc()
-        return 1
-
-signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished cases
-print("ready", flush=True)
-for line in sys.stdin:
-    request = json.loads(line)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        print(pid, flush=True)
-        continue
-    code = 1
-    try:
-        code = case(request)
-        atexit._run_exitfuncs()  # what the interpreter runs at exit (multiprocessing's clean-up)
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            with open(request["status"] + ".tmp", "w") as handle:
-                handle.write(str(code))
-            os.replace(request["status"] + ".tmp", request["status"])
-            # Without tearing down every module (a second with torch loaded): nothing of the
-            # command is left to run.
-            os._exit(code)
-"""
-
-
-class ForkServer:
-    """Starts cases (``spawn``) in children of one pre-loaded interpreter (``SERVER``)."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVER],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        self.lock = threading.Lock()
-        assert self.process.stdout.readline().strip() == "ready", "the fork server did not start"
-
-    def spawn(self, args: list[str], work: Path, env: dict[str, str]) -> int:
-        request = {"args": args, "cwd": str(work), "env": env, "status": str(work / "status")}
-        request.update(stdout=str(work / "stdout"), stderr=str(work / "stderr"))
-        with self.lock:
-            self.process.stdin.write(json.dumps(request) + "\n")
-            self.process.stdin.flush()
-            return int(self.process.stdout.readline())
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _end_group(pgid: int) -> bool:
-    """Wait up to 5 s for every process of the group to end, then kill what is left; returns
-    whether anything was left."""
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        if time.monotonic() > deadline:
-            os.killpg(pgid, signal.SIGKILL)
-            return True
-        time.sleep(0.05)
-
-
-def _invoke(server: ForkServer, args: list[str], work: Path, env: dict[str, str]) -> Result:
-    """Run one case through the fork server; it is killed after CASE_TIMEOUT_S."""
-    started = time.perf_counter()
-    pid = server.spawn(args, work, env)
-    while _alive(pid) and time.perf_counter() - started < CASE_TIMEOUT_S:
-        time.sleep(0.02)
-    timed_out = _alive(pid)
-    if timed_out:
-        os.killpg(pid, signal.SIGKILL)
-    seconds = time.perf_counter() - started
-    leftover = _end_group(pid)
-    status = work / "status"
-    code = int(status.read_text()) if status.exists() else -signal.SIGKILL
-    stderr = (work / "stderr").read_text(errors="replace")
-    if timed_out:
-        stderr += f"\n(killed after {CASE_TIMEOUT_S} s)"
-    stdout = (work / "stdout").read_text(errors="replace")
-    return Result(code, stdout, stderr, seconds, leftover=leftover)
-
-
-def _invoke_interpreter(args: list[str], work: Path, env: dict[str, str]) -> Result:
-    """Run ``sys.executable -m stepprune ARGS`` itself (a fresh interpreter)."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stepprune", *args],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=CASE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        stderr += f"\n(killed after {CASE_TIMEOUT_S} s)".encode()
-    seconds = time.perf_counter() - started
-    leftover = _end_group(process.pid)
-    return Result(
-        process.returncode,
-        stdout.decode(errors="replace"),
-        stderr.decode(errors="replace"),
-        seconds,
-        leftover=leftover,
-    )
 
 
 def _run_case(
@@ -707,12 +535,13 @@ def _run_case(
     env = _environment({k: v.format(**names) for k, v in case.env.items()})
     try:
         if server is None:
-            result = _invoke_interpreter(args, work, env)
+            finished = invoke_interpreter(args, work, env, CASE_TIMEOUT_S)
         else:
-            result = _invoke(server, args, work, env)
+            finished = invoke(server, args, work, env, CASE_TIMEOUT_S)
     finally:
         if held is not None:
             held.close()
+    result = Result(**vars(finished))
     if before is not None:
         result.before, result.after = before, _hashes(Path(names["run"]))
     new = Path(names["new"])
@@ -732,12 +561,12 @@ def places(tmp_path_factory, tiny_r1_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory, places: dict[str, str]) -> tuple[Path, Result]:
+def real_run(tmp_path_factory, places: dict[str, str]) -> tuple[Path, Finished]:
     """One real run folder (tiny model, 2 planted problems, thresholds 0 and 0.5), made by
     ``python -m stepprune run`` itself."""
     work = tmp_path_factory.mktemp("blackbox-run")
     args = [a.format(**places, new=str(work / "run")) for a in FRESH]
-    result = _invoke_interpreter(args, work, _environment({}))
+    result = invoke_interpreter(args, work, _environment({}), CASE_TIMEOUT_S)
     assert result.code == 0 and not result.leftover, result.stderr
     return work / "run", result
 
@@ -754,13 +583,9 @@ def results(request, tmp_path_factory, places, real_run) -> dict[str, Result]:
     run, _ = real_run
     original = _hashes(run)
     base = tmp_path_factory.mktemp("blackbox-cases")
-    server = ForkServer(_environment({}))
-    try:
-        with ThreadPoolExecutor(WORKERS) as pool:
-            futures = {c.id: pool.submit(_run_case, c, base, places, run, server) for c in cases}
-            done = {case_id: future.result() for case_id, future in futures.items()}
-    finally:
-        server.close()
+    with ForkServer(_environment({})) as server, ThreadPoolExecutor(WORKERS) as pool:
+        futures = {c.id: pool.submit(_run_case, c, base, places, run, server) for c in cases}
+        done = {case_id: future.result() for case_id, future in futures.items()}
     # Shown with -s, or under "Captured stdout setup" when a case fails.
     for case_id, result in sorted(done.items(), key=lambda item: -item[1].seconds):
         print(f"{result.seconds:6.1f} s  exit {result.code}  {case_id}")

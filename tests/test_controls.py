@@ -1,4 +1,4 @@
-"""Issue 12, item 1: the random control is the control of one scorer.
+"""The random control: the control of one scorer (its spec names it, `of=...`).
 
 A folder reused with another --scorer gets a control for that scorer, keeping as many steps as
 it; each scorer is compared only with its own control; controls written before controls named
@@ -123,7 +123,7 @@ def test_writer_finds_legacy_controls_done_for_the_first_scorer_only(tmp_path: P
     assert ("p1", 0, "0.5", _control("uniform")) in keys and len(keys) == 3
 
 
-# -- through the CLI: the issue's reproduction, on the tiny model ----------------------------
+# -- through the CLI: two scorers on one folder, on the tiny model ---------------------------------
 
 runner = CliRunner()
 

@@ -1,7 +1,12 @@
-"""Tests of grading with math-verify: extraction, verdicts, timeouts and worker recovery."""
+"""Tests of grading with math-verify: extraction, verdicts, timeouts and worker recovery.
+
+math-verify's own timeout messages never reach the terminal: a timed-out answer is an incorrect
+answer, counted.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -92,7 +97,7 @@ def grader() -> Iterator[Grader]:
         ("34", r"\boxed{34", None, False),
     ],
 )
-def test_grade(
+def test_the_last_box_or_anchored_answer_is_compared_by_value_with_the_gold(
     grader: Grader, gold: str, answer_text: str, prediction: str | None, correct: bool
 ) -> None:
     grade = grader.grade(gold, answer_text)
@@ -101,7 +106,7 @@ def test_grade(
     assert extract_prediction(answer_text) == grade.prediction
 
 
-def test_grade_is_dataclass_value() -> None:
+def test_a_grade_is_a_frozen_value() -> None:
     assert Grade("34", True) == Grade(prediction="34", correct=True)
     with pytest.raises(AttributeError):
         Grade("34", True).correct = False  # type: ignore[misc]
@@ -144,7 +149,7 @@ def test_worker_exception_and_crash_recover() -> None:
         assert g.grade("34", r"\boxed{34}") == Grade("34", True)
 
 
-def test_close_then_reuse() -> None:
+def test_a_closed_grader_starts_a_new_worker_when_used_again() -> None:
     g = Grader(timeout_s=20.0)
     assert g.grade("2", r"\boxed{2}").correct
     g.close()
@@ -153,6 +158,33 @@ def test_close_then_reuse() -> None:
     g.close()
 
 
-def test_invalid_timeout() -> None:
+def test_a_timeout_that_is_not_positive_is_refused() -> None:
     with pytest.raises(ValueError):
         Grader(timeout_s=0)
+
+
+def _comparison_hangs(gold: str, answer_text: str, mv_timeout_s: int):
+    """Worker whose sympy comparison hangs: math-verify times out and logs "Timeout during
+    comparison" (as it does on a hard answer). Module level so that the worker unpickles it."""
+    import math_verify.grader
+
+    math_verify.grader.sympy_expr_eq = lambda *args, **kwargs: time.sleep(30)
+    return _grade_in_worker(gold, answer_text, mv_timeout_s)
+
+
+def test_math_verify_timeout_is_silent_incorrect_and_counted(capfd, caplog) -> None:
+    with caplog.at_level(logging.WARNING), Grader(timeout_s=6.0, _worker=_comparison_hangs) as g:
+        # 34.0: the string comparison fails, the sympy one hangs and times out.
+        grade = g.grade("34", r"\boxed{34.0}")
+    assert not grade.correct and grade.prediction is not None
+    # The worker writes to the same terminal as the progress display: nothing may appear there.
+    err = capfd.readouterr().err
+    assert "Timeout during comparison" not in err and "Traceback" not in err, err
+    assert grade.issue == "timeout" and g.timeouts == 1
+
+
+@pytest.mark.parametrize("answer", [r"\boxed{34}", r"\boxed{35}"])
+def test_ordinary_grades_have_no_issue(answer: str) -> None:
+    with Grader(timeout_s=20.0) as g:
+        grade = g.grade("34", answer)
+    assert grade.issue is None and g.timeouts == 0

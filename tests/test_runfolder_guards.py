@@ -1,13 +1,13 @@
-"""Issue 12, items 2, 3, 5 and 6: a run folder holds one experiment, one writer at a time, and a
-bad input is refused with one line before anything is written.
+"""Run-folder guards: a run folder holds one experiment, one writer at a time, and a bad input
+is refused with one line before anything is written.
 
-- 2: an edited dataset (answer or problem) is refused, the folder untouched; the same file by
+- An edited dataset (answer or problem) is refused, the folder untouched; the same file by
   another path spelling is the same dataset.
-- 3: two `stepprune run` at once on one folder: one is refused, the other's files are those
-  of a run alone.
-- 5: a prompt longer than the model's context is refused before generation.
-- 6: a failed start leaves no config.json; options that can be checked without loading the
-  model are refused before any file is written.
+- Two `stepprune run` at once on one folder: one is refused, the other's files are those of a
+  run alone.
+- A prompt longer than the model's context is refused before generation.
+- A failed start leaves no config.json; options that can be checked without loading the model
+  are refused before any file is written.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from stepprune.cli import app
 from stepprune.schema import Problem
 from stepprune.session import Session
 from tests.conftest import tiny_model
-from tests.processes import stop
+from tests.processes import stop, wait_for
 
 runner = CliRunner()
 
@@ -80,7 +79,7 @@ def _error_line(result) -> str:
     return lines[-1]
 
 
-# -- 2: an edited dataset ----------------------------------------------------------------------
+# -- an edited dataset -----------------------------------------------------------------------------
 
 
 def test_edited_answer_or_problem_is_refused_and_the_folder_is_untouched(
@@ -117,7 +116,7 @@ def test_the_same_file_by_another_path_is_the_same_dataset(
     assert {n: (out / n).read_bytes() for n in work} == work
 
 
-# -- 3: two runs on one folder at once ---------------------------------------------------------
+# -- two runs on one folder at once ----------------------------------------------------------------
 
 
 def _command(model: Path, out: Path) -> list[str]:
@@ -133,7 +132,9 @@ def _canonical(folder: Path, *names: str) -> list[str]:
     return sorted(json.dumps(json.loads(line), sort_keys=True) for line in lines)
 
 
-def test_two_runs_at_once_on_one_folder(tiny_r1_dir: Path, tmp_path: Path) -> None:
+def test_of_two_runs_at_once_on_one_folder_one_is_refused_and_one_runs_as_if_alone(
+    tiny_r1_dir: Path, tmp_path: Path
+) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     alone = tmp_path / "alone"
     subprocess.run(_command(tiny_r1_dir, alone), env=env, check=True, capture_output=True)
@@ -152,9 +153,7 @@ def test_two_runs_at_once_on_one_folder(tiny_r1_dir: Path, tmp_path: Path) -> No
                         stderr=handle,
                     )  # fmt: skip
                 )
-        deadline = time.monotonic() + 300
-        while any(r.poll() is None for r in runs) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: all(r.poll() is not None for r in runs), timeout=300, interval=0.1)
         codes = [r.returncode for r in runs]
     finally:
         for run in runs:
@@ -167,7 +166,7 @@ def test_two_runs_at_once_on_one_folder(tiny_r1_dir: Path, tmp_path: Path) -> No
         assert _canonical(shared, *names) == _canonical(alone, *names)
 
 
-# -- 5: a prompt longer than the model's context -----------------------------------------------
+# -- a prompt longer than the model's context ------------------------------------------------------
 
 
 def test_prompt_longer_than_the_context_is_refused_before_generation(
@@ -181,7 +180,9 @@ def test_prompt_longer_than_the_context_is_refused_before_generation(
     assert not (out / "config.json").exists() and not (out / "traces.jsonl").exists()
 
 
-def test_check_lengths(r1_tokenizer) -> None:
+def test_check_lengths_refuses_what_cannot_fit_and_warns_of_a_budget_that_does_not(
+    r1_tokenizer,
+) -> None:
     model = tiny_model("qwen2", max_position_embeddings=256, eos_token_id=r1_tokenizer.eos_token_id)
     session = Session(model, r1_tokenizer)
     short = Problem("s", "What is 1 + 1?", "2")
@@ -195,7 +196,7 @@ def test_check_lengths(r1_tokenizer) -> None:
         session.check_lengths([Problem("g", "1 + " * 300, "2")], 8)
 
 
-# -- 6: checks before anything is written or loaded --------------------------------------------
+# -- checks before anything is written or loaded ---------------------------------------------------
 
 
 def test_a_failed_start_does_not_poison_the_folder(tiny_r1_dir: Path, tmp_path: Path) -> None:
