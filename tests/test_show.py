@@ -196,6 +196,18 @@ def test_html_labels_are_bounded_with_the_full_spec_on_hover() -> None:
     assert [re.sub(r"<[^>]*>", "", c) for c in cells] == [text for _, text in labels[-4:]]
 
 
+def test_labels_never_exceed_their_limit() -> None:
+    control = control_spec(0, LONG)
+    for limit in range(1, 70):
+        for label in (scorer_label(LONG, None, limit), scorer_label(control, LONG, limit)):
+            assert len(label) <= limit and (len(label) == limit or "…" not in label)
+    assert scorer_label(control, LONG, 21) == "random control (att…)"
+    assert scorer_label(control, LONG, 20) == "random control (att…"  # no room for ")"
+    assert scorer_label(control, LONG, 12) == "random cont…"
+    assert scorer_label(control, LONG, None) == f"random control ({LONG})"
+    assert scorer_label("random-control:seed=0", "uniform") == "random control (uniform)"
+
+
 def test_html_lists_every_answer_with_correctness(run_dir: Path) -> None:
     trace, records = records_of(run_dir)  # p3 sample 0: right at both thresholds; random wrong
     page = render_html(trace, records)
@@ -231,6 +243,19 @@ def test_show_problem_prints_and_writes_html(run_dir: Path, tmp_path: Path) -> N
     assert re.search(r"^- \[  2\]", out, re.M) and re.search(r"^\+ \[  3\]", out, re.M)
     assert "HTML written to" in out
     assert show_problem(run_dir, "p1", console=Console(file=io.StringIO())) is None
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_show_problem_lists_each_answer_on_one_line(run_dir: Path, width: int) -> None:
+    buffer = io.StringIO()
+    show_problem(run_dir, "p3", console=Console(file=buffer, width=width, color_system=None))
+    out = buffer.getvalue()
+    rows = [line for line in out.splitlines() if re.match(r"│ \S", line)]
+    assert len(rows) == 4 and max(len(line) for line in out.splitlines()) <= width
+    labels = [row.split("│")[1].strip() for row in rows]
+    assert [label.startswith("random con") for label in labels] == [False, False, True, True]
+    # A wider terminal shows more of the label (the room the other columns leave).
+    assert width < 120 or labels[-1] == "random control (attention:query=last,layers=all,a…)"
 
 
 def test_show_problem_errors_are_one_line_and_helpful(run_dir: Path) -> None:

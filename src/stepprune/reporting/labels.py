@@ -20,6 +20,8 @@ ELLIPSIS = "…"
 # a 1200-pixel window, and a legend entry stays on one line.
 MAX_LABEL = 40
 CONTROL_LABEL = "random control"
+# Fewer characters of the controlled scorer than this say nothing ("random control (a…)").
+MIN_ROOM = 4
 
 
 def shorten(text: str, limit: int | None = MAX_LABEL) -> str:
@@ -35,6 +37,8 @@ def scorer_label(scorer: str, control_of: str | None = None, limit: int | None =
     if control_of is None:
         return shorten(scorer, limit)
     room = None if limit is None else limit - len(CONTROL_LABEL) - len(" ()")
+    if room is not None and room < MIN_ROOM:  # no room for the scorer: cut the whole label
+        return shorten(f"{CONTROL_LABEL} ({control_of})", limit)
     return f"{CONTROL_LABEL} ({shorten(control_of, room)})"
 
 

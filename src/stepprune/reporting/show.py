@@ -70,13 +70,26 @@ def render_terminal(trace: Trace, kept_steps: set[int] | None, console: Console)
         console.print()
 
 
-def _answers_table(trace: Trace, records: Sequence[Record], selected: Record | None) -> Table:
+# Characters the answers table needs besides its scorer column (six columns, rules, padding).
+OTHER_COLUMNS = 69
+
+
+def _answers_table(
+    trace: Trace, records: Sequence[Record], selected: Record | None, width: int
+) -> Table:
+    """The answers of ``trace``, one line each in a console ``width`` wide: the scorer's label
+    gets the room the other columns leave (a label folded over lines made three per answer)."""
+    limit = max(width - OTHER_COLUMNS, 11)
     table = Table(title=f"Answers of {trace.problem_id} (sample {trace.sample})")
     for name in ("Scorer", "Threshold", "Steps kept", "Tokens kept", "Prediction", "Gold", "OK"):
-        table.add_column(name, justify="left" if name in ("Scorer", "Prediction") else "right")
+        table.add_column(
+            name,
+            justify="left" if name in ("Scorer", "Prediction") else "right",
+            no_wrap=name == "Scorer",
+        )
     for record in records:
         table.add_row(
-            record_label(record),
+            record_label(record, limit),
             threshold_key(record.threshold),
             f"{record.num_kept_steps}/{record.num_steps}",
             f"{record.tokens_kept}/{record.reasoning_tokens}",
@@ -227,7 +240,7 @@ def show_problem(
     shown = run.scored_trace(trace, selected.control_of or selected.scorer) if selected else trace
     render_terminal(shown, set(selected.kept_steps) if selected else None, console)
     if records:
-        console.print(_answers_table(trace, records, selected))
+        console.print(_answers_table(trace, records, selected, console.width))
     verdict = {None: "not graded", True: "correct", False: "wrong"}[trace.original_correct]
     console.print(
         f"original answer (before pruning): {trace.original_prediction!s} ({verdict})",
