@@ -71,7 +71,7 @@ def test_default_list_is_the_planted_one_without_the_reference() -> None:
 def run_folder(tiny_r1_dir: Path, tmp_path_factory) -> Path:
     """Two causal planted problems scored with ``length`` (the run's own scorer)."""
     out = tmp_path_factory.mktemp("bench-run") / "run"
-    config = RunConfig(
+    config = RunConfig.from_flat(
         model=str(tiny_r1_dir),
         dataset="planted:causal",
         limit=2,

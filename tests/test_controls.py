@@ -83,7 +83,7 @@ def test_legacy_controls_belong_to_the_first_scorer() -> None:
     rows = {(r.scorer, r.threshold): r for r in aggregate_rows(records)}
     assert rows[(ATT, 0.5)].control_pass1 == 0.0
     assert rows[("uniform", 0.5)].control_pass1 is None  # no control of its own yet
-    assert rows[(LEGACY, 0.5)].control_of == ATT
+    assert rows[(_control(ATT), 0.5)].control_of == ATT
     summary = summary_json(
         records, [], model="m", dataset="d", scorer="uniform",
         control=_control("uniform"), policy="percentile", mode="text",
@@ -128,6 +128,7 @@ def test_writer_finds_legacy_controls_done_for_the_first_scorer_only(tmp_path: P
 runner = CliRunner()
 
 
+@pytest.mark.e2e
 def test_second_scorer_on_a_folder_gets_its_own_control(tiny_r1_dir: Path, tmp_path: Path) -> None:
     """`run Q; run Q --scorer uniform; report`: uniform's control keeps 100% at 0.5, like
     uniform, and the report shows no difference against it."""

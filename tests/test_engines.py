@@ -29,8 +29,16 @@ def engine(r1_tokenizer) -> HFEngine:
     return HFEngine(tiny_model("qwen2"), r1_tokenizer, [EOS_ID], EOS_ID, batch_size=3)
 
 
-def test_registry_names_the_hf_engine() -> None:
-    assert ENGINES.get("hf") is HFEngine
+def test_the_hf_spec_opens_an_engine_on_the_model_it_is_shown(r1_tokenizer) -> None:
+    from stepprune.engines import ModelView
+
+    config = ENGINES.build("hf:batch=3")
+    assert config.location == "worker" and config.spec == "hf:batch=3"
+    view = ModelView(r1_tokenizer, [EOS_ID], EOS_ID, "float32", "", model=tiny_model("qwen2"))
+    opened = config.open(view, seed=0)
+    assert isinstance(opened, HFEngine) and opened.batch_size == 3
+    with pytest.raises(ValueError, match="where the model is loaded"):
+        config.open(ModelView(r1_tokenizer, [EOS_ID], EOS_ID, "float32", ""), seed=0)
 
 
 def test_sampling_is_seeded_per_sequence_whatever_the_batch(engine: HFEngine) -> None:
@@ -94,16 +102,3 @@ def test_greedy_is_deterministic_and_respects_the_budget(engine: HFEngine) -> No
     again = engine.greedy(list(reversed(contexts)), 6, box_prefix=None)
     assert [c.ids for c in first] == [c.ids for c in reversed(again)]
     assert all(len(c.content_ids) <= 6 for c in first)
-
-
-def test_config_knows_every_engine() -> None:
-    from stepprune.config import ENGINE_NAMES
-
-    assert tuple(ENGINES.names) == ENGINE_NAMES
-
-
-def test_config_knows_every_mode() -> None:
-    from stepprune.config import MODE_NAMES
-    from stepprune.modes import MODES
-
-    assert sorted(MODES.names) == sorted(MODE_NAMES)

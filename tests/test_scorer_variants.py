@@ -100,8 +100,6 @@ def test_probe_queries_are_the_probe_tokens_after_the_reasoning(r1_tokenizer) ->
     probe_text = r1_tokenizer.decode(ids[positions[0] :])
     assert probe_text.startswith("\n\nTime is up.") and probe_text.endswith("</think>\n\n")
     assert "boxed{34}" not in r1_tokenizer.decode(ids)  # the original answer is not in the input
-    with pytest.raises(ValueError, match="needs the chat format"):
-        AttentionScorer(query="probe").score(tiny_model("qwen2"), trace)
 
 
 def test_answer_queries_span_the_answer_section(r1_tokenizer) -> None:

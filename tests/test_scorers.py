@@ -32,19 +32,19 @@ def test_parse_spec() -> None:
 def test_attention_score_is_the_summed_layer_head_mean_of_the_last_row() -> None:
     model = tiny_model("llama", vocab_size=100)
     trace = _trace([(5, 12), (14, 20), (20, 33)])
-    scores = AttentionScorer().score(model, trace)
+    scores = AttentionScorer().score(model, trace, None)
     attentions = eager_attentions(model, trace.all_ids)
     row = torch.stack([a[0, :, -1, :].mean(0) for a in attentions]).mean(0)
     raw = torch.stack([row[s.start : s.end].sum() for s in trace.steps])
     assert torch.allclose(torch.tensor(scores), (raw / raw.sum()).float(), atol=1e-6)
-    half = AttentionScorer(layers="first-half", agg="mean").score(model, trace)
+    half = AttentionScorer(layers="first-half", agg="mean").score(model, trace, None)
     assert half != scores and abs(sum(half) - 1) < 1e-9
 
 
 @pytest.mark.parametrize("spec", ["attention", "random", "length", "position", "uniform"])
 def test_every_scorer_gives_a_distribution(spec: str) -> None:
     model = tiny_model("qwen2", vocab_size=100)
-    scores = SCORERS.build(spec).score(model, _trace([(5, 8), (8, 20), (21, 30), (30, 31)]))
+    scores = SCORERS.build(spec).score(model, _trace([(5, 8), (8, 20), (21, 30), (30, 31)]), None)
     assert len(scores) == 4 and all(s >= 0 for s in scores) and abs(sum(scores) - 1) < 1e-9
 
 
@@ -61,7 +61,7 @@ def test_baselines() -> None:
 def test_bad_options_are_named() -> None:
     with pytest.raises(SpecError, match="layers='middle'"):
         SCORERS.build("attention:layers=middle")
-    with pytest.raises(SpecError, match="unexpected keyword"):
+    with pytest.raises(SpecError, match="unknown option .foo."):
         SCORERS.build("length:foo=1")
 
 

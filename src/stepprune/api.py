@@ -110,5 +110,5 @@ def run(config: RunConfig | None = None, **settings: Any) -> dict[str, Any]:
     """
     from stepprune.experiment import run_experiment  # loads torch-heavy modules on use only
 
-    summary, _ = run_experiment(config or RunConfig(**settings))
-    return summary
+    summary, _ = run_experiment(config or RunConfig.from_flat(**settings))
+    return summary.to_json()

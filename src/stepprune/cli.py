@@ -10,103 +10,38 @@ bad run folder is reported at once.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
 
 from stepprune.bench import KV_MIN_TOKENS, SCORING_MIN_TOKENS
-from stepprune.problems import DatasetError
+from stepprune.cli_errors import OneLineErrors, user_errors
+from stepprune.cli_options import (
+    BudgetOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EngineOpt,
+    GpuMemoryOpt,
+    IntervalOpt,
+    JsonOpt,
+    ModelOpt,
+    ModeOpt,
+    PolicyOpt,
+    PositionsOpt,
+    RayAddressOpt,
+    ScorerOpt,
+    SeedOpt,
+    SegmenterOpt,
+    TensorParallelOpt,
+    WorkersOpt,
+)
+from stepprune.plugins import load_plugins
 from stepprune.registry import SpecError
-from stepprune.runfolder import RunFolderError
-
-# Exit code of every error in the user's input (the parser's usage errors use it too).
-USER_ERROR_EXIT = 2
-# The --thresholds default (config.DEFAULT_THRESHOLDS; config imports torch, so it is not
-# imported to build the parser).
-DEFAULT_THRESHOLDS_TEXT = "0.0,0.1,0.2,0.3,0.4,0.5"
-
-
-def one_line(text: str) -> str:
-    """A message as one line: its non-empty lines joined."""
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
-
-
-def _is_user_error(error: BaseException) -> bool:
-    """Errors in the user's input: bad datasets, specs, run folders, settings (ValueError),
-    models that cannot be loaded, files that cannot be read or written (OSError), a vLLM that
-    is missing or cannot start."""
-    if isinstance(error, DatasetError | RunFolderError | SpecError | ValueError | OSError):
-        return True
-    # These modules import torch: their errors can only exist once they have been imported.
-    kinds = [
-        ("stepprune.models", "ModelLoadError"),
-        ("stepprune.grading", "GradingError"),
-        ("stepprune.engines.vllm", "VLLMError"),
-    ]
-    return any(
-        isinstance(error, getattr(sys.modules[module], name))
-        for module, name in kinds
-        if module in sys.modules
-    )
-
-
-def _message(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        where = f"{error.filename}: " if error.filename else ""
-        return f"{where}{error.strerror}"
-    return one_line(str(error)) or type(error).__name__
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn an error in the user's input into one line on stderr and exit code 2."""
-    try:
-        yield
-    except Exception as error:
-        # A closed pipe (`stepprune show ... | head`) is not an error of the user's input: the
-        # parser's own handling ends the command quietly.
-        if isinstance(error, BrokenPipeError) or not _is_user_error(error):
-            raise
-        # Plain echo: a rich console would wrap the message over several lines.
-        typer.echo(f"error: {_message(error)}", err=True)
-        raise typer.Exit(USER_ERROR_EXIT) from None
-
-
-class OneLineErrors(TyperGroup):
-    """The command group, with the parser's usage errors ("No such option", "Invalid value
-    for '--samples'", "Missing option '--problem'") as one line on stderr instead of a usage
-    panel, exit code 2."""
-
-    def main(
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        try:
-            code = super().main(args, prog_name, complete_var, False, **extra)
-        except typer.TyperException as error:  # click's ClickException and UsageError
-            # Without arguments a group prints its help (already shown): nothing to add.
-            if type(error).__name__ != "NoArgsIsHelpError":
-                context = getattr(error, "ctx", None)
-                hint = f" (see '{context.command_path} --help')" if context is not None else ""
-                typer.echo(f"error: {one_line(error.format_message())}{hint}", err=True)
-            sys.exit(getattr(error, "exit_code", USER_ERROR_EXIT))
-        except typer.Abort:
-            typer.echo("Aborted.", err=True)
-            sys.exit(1)
-        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _parse_thresholds(text: str) -> list[float]:
@@ -145,112 +80,46 @@ app.add_typer(bench_app, name="bench")
 @app.callback()
 def main() -> None:
     """stepprune: score reasoning steps by attention, prune them, measure accuracy vs tokens."""
+    with user_errors():
+        load_plugins()
 
 
 @app.command()
 def run(
-    model: Annotated[
-        str, typer.Option(help="Hub id, local directory, .gguf file, or 'bundled' (SmolLM2-135M).")
-    ] = "bundled",
-    dataset: Annotated[
-        str,
-        typer.Option(
-            help="aime24 | aime25 | math500 | gsm8k | amc23 | planted[:semantic|causal] | path "
-            "to a .jsonl (id, problem, answer; optional reasoning, or prompt_ids + output_ids)."
-        ),
-    ] = "planted",
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="STEPPRUNE_DATA_DIR", help="Folder with local copies of the built-in datasets."
-        ),
-    ] = None,
+    model: ModelOpt = "bundled",
+    dataset: DatasetOpt = "planted",
+    data_dir: DataDirOpt = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N problems.")] = None,
     samples: Annotated[int, typer.Option(help="Samples (traces) per problem.")] = 1,
     thresholds: Annotated[
         str, typer.Option(help="Pruning thresholds (percentiles as fractions), comma-separated.")
-    ] = DEFAULT_THRESHOLDS_TEXT,
+    ] = "0.0,0.1,0.2,0.3,0.4,0.5",
     max_new_tokens: Annotated[int, typer.Option(help="Token budget of each trace.")] = 32768,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.6,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 0.95,
-    seed: Annotated[int, typer.Option(help="Seed of sampling and of the planted set.")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     load_in_4bit: Annotated[
         bool, typer.Option(help="NF4 weights via bitsandbytes (CUDA only; extra 'gpu').")
     ] = False,
-    scorer: Annotated[
-        str | None,
-        typer.Option(
-            help="Step scorer spec: attention[:query=last|answer|probe,layers=..,heads=mean|max|"
-            "receiver,agg=sum|mean,sink=keep|exclude,calibration=FILE] | ablation | "
-            "entropy[:agg=sum|mean] | redundancy[:of=SPEC,lambda=L,layer=N,vector=hidden|key] | "
-            "forced-answer | resampling[:k=K,seed=S,max_new_tokens=M] | mix:a=SPEC,b=SPEC,w=W "
-            "(a SPEC with commas in parentheses) | random | length | position | uniform. "
-            "Default: attention (online mode: attention:query=probe)."
-        ),
-    ] = None,
-    policy: Annotated[
-        str, typer.Option(help="Pruning policy: percentile | adaptive (TRAAC).")
-    ] = "percentile",
-    segmenter: Annotated[
-        str,
-        typer.Option(
-            help="Step boundaries: paragraph (line ends if there is no blank line) | line | "
-            "sentence | markers."
-        ),
-    ] = "paragraph",
-    mode: Annotated[
-        str,
-        typer.Option(
-            help="text (re-prompt with kept steps) | kv (answer from a pruned KV cache) | "
-            "online (evict steps during generation, Think Clearly)."
-        ),
-    ] = "text",
-    engine: Annotated[
-        str,
-        typer.Option(
-            help="Engine for traces and text-mode answers: hf (transformers) | vllm (vLLM in "
-            "its own process: `make vllm`, or the extra 'vllm' on a GPU)."
-        ),
-    ] = "hf",
-    tensor_parallel_size: Annotated[
-        int, typer.Option(help="vllm engine: GPUs per model (tensor parallelism).")
-    ] = 1,
-    gpu_memory_utilization: Annotated[
-        float | None,
-        typer.Option(
-            help="vllm engine: share of GPU memory vLLM takes (default 0.5 on a GPU, beside "
-            "the transformers model that scores)."
-        ),
-    ] = None,
-    workers: Annotated[
-        int,
-        typer.Option(
-            help="Ray workers for the transformers stages (scoring, kv/online modes, hf "
-            "traces), each with its own model on one device (extra 'ray')."
-        ),
-    ] = 1,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="A running Ray cluster to spread the work over (e.g. ray://host:10001)."),
-    ] = None,
-    positions: Annotated[
-        str, typer.Option(help="kv mode: original positions (gaps) | rerotate kept keys.")
-    ] = "original",
-    interval: Annotated[
-        int, typer.Option(help="online mode: check every N tokens (0 = at paragraph ends).")
-    ] = 0,
-    budget: Annotated[
-        int | None,
-        typer.Option(help="online mode: evict lowest-scoring steps to keep at most N entries."),
-    ] = None,
+    scorer: ScorerOpt = None,
+    policy: PolicyOpt = "percentile",
+    segmenter: SegmenterOpt = "paragraph",
+    mode: ModeOpt = "text",
+    engine: EngineOpt = "hf",
+    tensor_parallel_size: TensorParallelOpt = None,
+    gpu_memory_utilization: GpuMemoryOpt = None,
+    workers: WorkersOpt = 1,
+    ray_address: RayAddressOpt = None,
+    positions: PositionsOpt = None,
+    interval: IntervalOpt = None,
+    budget: BudgetOpt = None,
     answer_max_tokens: Annotated[
         int, typer.Option(help="Token budget of each re-evaluated answer.")
     ] = 512,
     control: Annotated[
-        bool,
-        typer.Option(help="Also re-evaluate a random pruning that keeps as many steps."),
+        bool, typer.Option(help="Also re-evaluate a random pruning that keeps as many steps.")
     ] = True,
     out: Annotated[
         Path | None, typer.Option(help="Run folder (default runs/<dataset>-<model>).")
@@ -259,55 +128,43 @@ def run(
     """Generate traces, score and prune their steps, re-evaluate at each threshold, report.
 
     The results table goes to stdout; progress, warnings and the closing line to stderr."""
+    settings = dict(locals())
     console = Console(stderr=True)
     with user_errors():
-        parsed_thresholds = _parse_thresholds(thresholds)
-        from stepprune.config import RunConfig
+        settings["thresholds"] = _parse_thresholds(thresholds)
+        settings.update(data_dir=str(data_dir) if data_dir else None, out=str(out) if out else None)
+        from stepprune.config import RunConfig  # torch, transformers: after the parser
 
-        config = RunConfig(
-            model=model,
-            dataset=dataset,
-            data_dir=str(data_dir) if data_dir else None,
-            limit=limit,
-            samples=samples,
-            thresholds=parsed_thresholds,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            load_in_4bit=load_in_4bit,
-            scorer=scorer,
-            policy=policy,
-            segmenter=segmenter,
-            mode=mode,
-            engine=engine,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            workers=workers,
-            ray_address=ray_address,
-            positions=positions,
-            interval=interval,
-            budget=budget,
-            control=control,
-            answer_max_tokens=answer_max_tokens,
-            out=str(out) if out else None,
-        )
-        _check_model_options(device, dtype, load_in_4bit)
-        from stepprune.experiment import run_experiment  # torch, transformers: after the checks
+        config = RunConfig.from_flat(**settings)
+        from stepprune.experiment import run_experiment
 
         summary, folder = run_experiment(config, console, Console())
-    base = summary["thresholds"].get("0.0") or next(iter(summary["thresholds"].values()))
-    truncation = summary.get("truncation_rate")
+    lowest = min(config.strategies.thresholds)
+    truncation = summary.truncation_rate
     console.print(
-        f"done: {summary['num_problems']} problems x {summary['samples']} samples, "
-        f"accuracy at {min(config.thresholds)}: {base['accuracy']:.1%}, "
+        f"done: {summary.num_problems} problems x {summary.samples} samples, "
+        f"accuracy at {lowest}: {summary.accuracy_at(lowest):.1%}, "
         f"truncated traces: {truncation if truncation is None else f'{truncation:.0%}'}; "
         f"results in {folder}/",
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command()
+def plugins() -> None:
+    """Every scorer, pruning policy, mode and engine, with its spec options."""
+    from stepprune.config import ENGINES, MODES, POLICIES, SCORERS
+
+    for title, registry in (
+        ("scorers", SCORERS),
+        ("policies", POLICIES),
+        ("modes", MODES),
+        ("engines", ENGINES),
+    ):
+        typer.echo(f"{title}:")
+        for name in registry.names:
+            typer.echo(f"  {registry.get(name).option_help()}")
 
 
 def _load_model(model: str, device: str, dtype: str) -> tuple[Any, Any]:
@@ -347,14 +204,14 @@ def _print_json_or_table(data: object, as_json: bool) -> None:
 @bench_app.command("scoring")
 def bench_scoring(
     tokens: Annotated[int, typer.Option(help="Sequence length N.")] = 1024,
-    model: Annotated[str, typer.Option(help="Model (default: the bundled SmolLM2).")] = "bundled",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    model: ModelOpt = "bundled",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     repeats: Annotated[int, typer.Option(help="Timed repeats (median).")] = 5,
     eager_limit_gb: Annotated[
         float, typer.Option(help="Run eager only if its attention weights fit in this (GiB).")
     ] = 8.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Exactness, time and peak memory of attention scoring vs a plain forward and eager."""
     with user_errors():
@@ -371,10 +228,10 @@ def bench_scoring(
 @bench_app.command("kv")
 def bench_kv(
     tokens: Annotated[int, typer.Option(help="Trace length N.")] = 4096,
-    model: Annotated[str, typer.Option(help="Model (default: the bundled SmolLM2).")] = "bundled",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    model: ModelOpt = "bundled",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
     """kv vs text re-evaluation time, online peak cache at a 50% budget, decode speed, exactness."""
     with user_errors():
@@ -393,10 +250,10 @@ def bench_generate(
     workers_units: Annotated[
         int, typer.Option(help="Planted units of the --workers 1 vs 2 run (0: skip; needs Ray).")
     ] = 8,
-    model: Annotated[str, typer.Option(help="Model (default: the bundled SmolLM2).")] = "bundled",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    model: ModelOpt = "bundled",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
     """hf vs vllm tokens/s and greedy agreement on the same prompts; --workers 1 vs 2."""
     with user_errors():
@@ -459,7 +316,7 @@ def bench_scorers(
         typer.Option(help="Scorer specs separated by ';' (default: every built-in variant)."),
     ] = None,
     problems: Annotated[int, typer.Option(help="Planted problems.")] = 30,
-    seed: Annotated[int, typer.Option(help="Seed of the planted set and the bootstrap.")] = 0,
+    seed: SeedOpt = 0,
     planted: Annotated[
         str,
         typer.Option(
@@ -476,9 +333,9 @@ def bench_scorers(
             "results are cached in the folder.",
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
     """Planted-step ground truth: AUROC (95% CI), answer recovery and lift of every scorer; or,
     with --run, each scorer's agreement with ablation on a run's traces."""
@@ -539,8 +396,8 @@ def calibrate(
     scorer: Annotated[
         str, typer.Option(help="Attention spec whose queries/layers are measured.")
     ] = "attention",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Choose receiver heads on a run's traces, for attention:heads=receiver,calibration=FILE."""
     with user_errors():

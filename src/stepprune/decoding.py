@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -21,9 +21,10 @@ EOS, BOX, LENGTH = "eos", "box", "length"
 class SamplingConfig:
     """Sampling settings of trace generation (reasoning-model defaults)."""
 
-    max_new_tokens: int = 32768
-    temperature: float = 0.6
-    top_p: float = 0.95
+    # Part of a run folder's identity (``config.IDENTITY``): traces depend on them.
+    max_new_tokens: int = field(default=32768, metadata={"identity": "max_new_tokens"})
+    temperature: float = field(default=0.6, metadata={"identity": "temperature"})
+    top_p: float = field(default=0.95, metadata={"identity": "top_p"})
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

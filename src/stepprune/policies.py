@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
-from stepprune.registry import Registry
+from stepprune.registry import Plugin, Registry
 
 
-class PruningPolicy(Protocol):
-    @property
-    def spec(self) -> str: ...
+class PruningPolicy(Plugin, ABC):
+    """Which steps to keep at a threshold, given their importances.
+
+    ``keep`` checks the threshold and the scores once for every policy; a policy implements
+    ``choose`` on a non-empty array of finite scores.
+    """
 
     def keep(self, importances: Sequence[float], threshold: float) -> list[bool]:
         """A keep flag per step, in step order; at least one step is kept when any exist."""
-        ...
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"{self.name} threshold must be in [0, 1), got {threshold}")
+        scores = np.asarray(importances, dtype=float)
+        if scores.size == 0:
+            return []
+        if not np.isfinite(scores).all():
+            # argmax and quantiles would keep the NaN step and prune the best one.
+            raise ValueError(f"{self.name}: importances must be finite numbers, got {scores}")
+        return self.choose(scores, threshold).tolist()
+
+    @abstractmethod
+    def choose(self, scores: np.ndarray, threshold: float) -> np.ndarray:
+        """Boolean keep mask ``(steps,)`` for finite ``scores`` ``(steps,)``, ``steps >= 1``."""
 
 
 POLICIES: Registry[PruningPolicy] = Registry("pruning policy")
@@ -25,7 +40,7 @@ POLICIES: Registry[PruningPolicy] = Registry("pruning policy")
 
 @POLICIES.register("percentile")
 @dataclass(frozen=True)
-class PercentilePolicy:
+class PercentilePolicy(PruningPolicy):
     """The notebook's rule: drop steps scoring below the ``threshold``-quantile of the scores.
 
     ``threshold`` is a fraction in [0, 1): 0 keeps everything, 0.5 drops the steps below the
@@ -34,20 +49,11 @@ class PercentilePolicy:
     is always kept.
     """
 
-    @property
-    def spec(self) -> str:
-        return "percentile"
-
-    def keep(self, importances: Sequence[float], threshold: float) -> list[bool]:
-        if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"percentile threshold must be in [0, 1), got {threshold}")
-        scores = np.asarray(importances, dtype=float)
-        if scores.size == 0:
-            return []
+    def choose(self, scores: np.ndarray, threshold: float) -> np.ndarray:
         cutoff = np.quantile(scores, threshold)
         keep = scores >= cutoff
         keep[int(np.argmax(scores))] = True
-        return keep.tolist()
+        return keep
 
 
 def normalised_entropy(importances: Sequence[float]) -> float:
@@ -63,7 +69,7 @@ def normalised_entropy(importances: Sequence[float]) -> float:
 
 @POLICIES.register("adaptive")
 @dataclass(frozen=True)
-class AdaptivePolicy:
+class AdaptivePolicy(PruningPolicy):
     """TRAAC's adaptive rule: the keep fraction follows the normalised entropy of the scores.
 
     Diffuse importance (entropy near 1) means every step carries something, so little is pruned;
@@ -72,19 +78,10 @@ class AdaptivePolicy:
     highest-scoring ones (earlier steps win ties). Threshold 0 keeps everything.
     """
 
-    @property
-    def spec(self) -> str:
-        return "adaptive"
-
-    def keep(self, importances: Sequence[float], threshold: float) -> list[bool]:
-        if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"adaptive threshold must be in [0, 1), got {threshold}")
-        scores = np.asarray(importances, dtype=float)
-        if scores.size == 0:
-            return []
+    def choose(self, scores: np.ndarray, threshold: float) -> np.ndarray:
         fraction = max(normalised_entropy(scores), 1.0 - threshold)
         count = max(1, int(np.ceil(fraction * scores.size - 1e-9)))
         order = np.argsort(-scores, kind="stable")[:count]
         keep = np.zeros(scores.size, dtype=bool)
         keep[order] = True
-        return keep.tolist()
+        return keep

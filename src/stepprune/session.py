@@ -12,42 +12,23 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from stepprune.decoding import SamplingConfig
-from stepprune.engines import ENGINES, Engine
+from stepprune.engines import Engine, HFEngine
 from stepprune.grading import Grade, Grader
 from stepprune.models import ChatFormat, eos_token_ids, load_model
 from stepprune.policies import POLICIES, PruningPolicy
 from stepprune.schema import Problem, Step, Trace
 from stepprune.scorers import SCORERS, Scorer
-from stepprune.steps import DEFAULT_MIN_STEP_CHARS, SEGMENTERS, attach_labels, segment_steps
+from stepprune.steps import Segmenter, attach_labels
 from stepprune.traces import build_trace, teacher_forced_output
 
 
 def sample_seed(seed: int, problem_id: str, sample: int) -> int:
     """Seed of one trace: independent of batch, order, number of samples and resume point."""
     return zlib.crc32(f"{seed}:{problem_id}:{sample}".encode())
-
-
-@dataclass(frozen=True)
-class Segmenter:
-    """How reasoning is split into steps: ``kind`` (paragraph, line, sentence, markers) and the
-    minimum non-space characters of a step (shorter ones merge into the next)."""
-
-    kind: str = "paragraph"
-    min_chars: int = DEFAULT_MIN_STEP_CHARS
-
-    def __post_init__(self) -> None:
-        if self.kind not in SEGMENTERS:
-            raise ValueError(f"--segmenter {self.kind!r}: choose from {', '.join(SEGMENTERS)}")
-
-    def __call__(
-        self, tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], start: int, end: int
-    ) -> list[Step]:
-        return segment_steps(tokenizer, ids, start, end, self.min_chars, self.kind)
 
 
 class Session:
@@ -58,7 +39,7 @@ class Session:
         scorer, policy: Strategies (or spec strings, built from the registries).
         segmenter: Step boundaries.
         grader: An open ``Grader`` (the caller owns its worker process); None to skip grading.
-        engine: The engine for plain decoding: ``hf`` (built on ``model``) or an ``Engine``.
+        engine: The engine for plain decoding (default: transformers ``generate`` on ``model``).
     """
 
     def __init__(
@@ -69,7 +50,7 @@ class Session:
         policy: PruningPolicy | str = "percentile",
         segmenter: Segmenter | None = None,
         grader: Grader | None = None,
-        engine: str | Engine = "hf",
+        engine: Engine | None = None,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.format = ChatFormat.from_tokenizer(tokenizer)
@@ -79,13 +60,10 @@ class Session:
         self.segmenter = segmenter or Segmenter()
         self.grader = grader
         self._grades: dict[tuple[str, str], Grade] = {}  # outcomes that share an answer
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        if isinstance(engine, Engine):
-            self.engine = engine
-        elif engine == "hf":
-            self.engine = ENGINES.get(engine)(model, tokenizer, self.eos_ids, pad_id)
-        else:  # vllm runs in a process of its own, started with options: see engines.vllm
-            raise ValueError(f"engine {engine!r}: pass 'hf' or a started Engine")
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        )
+        self.engine = engine or HFEngine(model, tokenizer, self.eos_ids, self.pad_id)
 
     @classmethod
     def load(
@@ -132,26 +110,19 @@ class Session:
             prompt = self.prompt_ids(problem)
             if problem.output_ids is not None:
                 self.check_brought_ids(problem)
-                if len(prompt) + len(problem.output_ids) > limit:
-                    raise ValueError(
-                        f"problem {problem.id!r}: its prompt_ids and output_ids take "
-                        f"{len(prompt) + len(problem.output_ids)} tokens, more than the model's "
-                        f"context of {limit} tokens"
-                    )
-            elif problem.reasoning is not None:
-                forced, _ = teacher_forced_output(self.format, problem, prompt, self.eos_ids[0])
-                if len(prompt) + len(forced) > limit:
-                    raise ValueError(
-                        f"problem {problem.id!r}: its prompt and reasoning take "
-                        f"{len(prompt) + len(forced)} tokens, more than the model's context of "
-                        f"{limit} tokens"
-                    )
-            elif len(prompt) >= limit:
+            length = self.sequence_length(problem, max_new_tokens)
+            if problem.brings_trace and length > limit:
+                what = "prompt_ids and output_ids" if problem.output_ids else "prompt and reasoning"
+                raise ValueError(
+                    f"problem {problem.id!r}: its {what} take {length} tokens, more than the "
+                    f"model's context of {limit} tokens"
+                )
+            if not problem.brings_trace and len(prompt) >= limit:
                 raise ValueError(
                     f"problem {problem.id!r}: its prompt takes {len(prompt)} tokens, which "
                     f"leaves no room in the model's context of {limit} tokens"
                 )
-            elif len(prompt) + max_new_tokens > limit:
+            if not problem.brings_trace and length > limit:
                 short.append((problem.id, len(prompt)))
         if not short:
             return None
@@ -161,6 +132,17 @@ class Session:
             f"{max_new_tokens} exceed the model's context of {limit} tokens: a trace that runs "
             "past it is generated beyond the positions the model was trained on"
         )
+
+    def sequence_length(self, problem: Problem, max_new_tokens: int) -> int:
+        """The longest prompt + trace of ``problem``: its brought ids, its teacher-forced
+        reasoning, or its prompt and ``max_new_tokens`` generated."""
+        prompt = self.prompt_ids(problem)
+        if problem.output_ids is not None:
+            return len(prompt) + len(problem.output_ids)
+        if problem.reasoning is not None:
+            forced, _ = teacher_forced_output(self.format, problem, prompt, self.eos_ids[0])
+            return len(prompt) + len(forced)
+        return len(prompt) + max_new_tokens
 
     def check_brought_ids(self, problem: Problem) -> None:
         """Refuse a trace made elsewhere whose ids cannot be this model's: an id outside its
@@ -195,10 +177,8 @@ class Session:
         that carry their reasoning, or taken as is from problems that carry their ids; then
         segmented, scored and graded.
 
-        Raises:
-            ValueError: a problem that cannot fit the model's context (``check_lengths``).
+        The run checks the problems first (``check_lengths``), once.
         """
-        self.check_lengths(list({p.id: p for p, _ in units}.values()), sampling.max_new_tokens)
         generated = [(p, s) for p, s in units if not p.brings_trace]
         outputs = self.engine.sample(
             [self.prompt_ids(p) for p, _ in generated],

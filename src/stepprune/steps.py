@@ -8,6 +8,7 @@ joint tokenisation). Every token of the reasoning belongs to exactly one step or
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
@@ -208,3 +209,21 @@ def attach_labels(steps: list[Step], labels: list[str] | None) -> None:
     if labels is not None and len(labels) == len(steps):
         for step, label in zip(steps, labels, strict=True):
             step.label = label
+
+
+@dataclass(frozen=True)
+class Segmenter:
+    """How reasoning is split into steps: ``kind`` (paragraph, line, sentence, markers) and the
+    minimum non-space characters of a step (shorter ones merge into the next)."""
+
+    kind: str = "paragraph"
+    min_chars: int = DEFAULT_MIN_STEP_CHARS
+
+    def __post_init__(self) -> None:
+        if self.kind not in SEGMENTERS:
+            raise ValueError(f"--segmenter {self.kind!r}: choose from {', '.join(SEGMENTERS)}")
+
+    def __call__(
+        self, tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], start: int, end: int
+    ) -> list[Step]:
+        return segment_steps(tokenizer, ids, start, end, self.min_chars, self.kind)

@@ -1,11 +1,11 @@
 """Where the transformers stages run: in this process, or spread over Ray actors.
 
-Both pools offer one interface to the experiment's driver:
+Both pools offer one interface to the experiment's driver, typed by the ``UnitRunner``
+method they are given (the method itself, ``UnitRunner.evaluate``, never its name):
 
-- ``call(method, *args)``: one call of a ``UnitRunner`` method, waited for (checks, engine
-  inputs);
-- ``submit(method, *args)`` then ``results(wait=...)``: calls spread over the workers, their
-  results handed back as they finish (in any order).
+- ``call(UnitRunner.check, problems)``: one call, waited for (checks, the model's view);
+- ``submit(UnitRunner.evaluate, problem, trace, importances)`` then ``results(wait=...)``:
+  calls spread over the workers, their results handed back as they finish (in any order).
 
 ``LocalPool`` runs each call at once on the driver's own runner. ``RayPool`` starts ``workers``
 actors (on a local Ray instance it starts, or on the cluster at ``address``), each loading its
@@ -21,14 +21,18 @@ import os
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import asdict
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from stepprune.config import RunConfig
+from stepprune.config import RunConfig, RunPlan
 from stepprune.grading import Grader
 from stepprune.runner import UnitRunner
+
+P = ParamSpec("P")
+R = TypeVar("R")
+#: A ``UnitRunner`` method, called with the runner first.
+Stage = Callable[Concatenate[UnitRunner, P], R]
 
 
 class LocalPool:
@@ -42,11 +46,11 @@ class LocalPool:
     def size(self) -> int:
         return 1
 
-    def call(self, method: str, *args: Any) -> Any:
-        return getattr(self.runner, method)(*args)
+    def call(self, stage: Stage[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        return stage(self.runner, *args, **kwargs)
 
-    def submit(self, method: str, *args: Any) -> None:
-        self._done.append(self.call(method, *args))
+    def submit(self, stage: Stage[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
+        self._done.append(stage(self.runner, *args, **kwargs))
 
     def results(self, wait: bool = True) -> Iterator[Any]:
         while self._done:
@@ -59,17 +63,16 @@ class LocalPool:
 class _RunnerActor:
     """A Ray actor's state: a grader and a runner built from the run's config."""
 
-    def __init__(self, config: dict[str, Any], threads: int) -> None:
+    def __init__(self, config: RunConfig, plan: RunPlan, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
         self._stack = ExitStack()
-        run_config = RunConfig(**config)
-        grader = self._stack.enter_context(Grader(timeout_s=run_config.grade_timeout))
-        self.runner = UnitRunner.load(run_config, grader)
+        grader = self._stack.enter_context(Grader(timeout_s=config.grade_timeout))
+        self.runner = UnitRunner.load(config, plan, grader)
 
-    def call(self, method: str, *args: Any) -> Any:
-        return getattr(self.runner, method)(*args)
+    def call(self, stage: Callable[..., Any], *args: Any) -> Any:
+        return stage(self.runner, *args)
 
     def ready(self) -> str:
         return self.runner.describe()
@@ -80,12 +83,15 @@ class RayPool:
 
     Args:
         config: The run's config; each actor loads the model it names.
+        plan: The run's strategies, shared by every actor.
         workers: Number of actors.
         address: A running Ray cluster's address; None starts a local Ray instance (and shuts
             it down on ``close``).
     """
 
-    def __init__(self, config: RunConfig, workers: int, address: str | None = None) -> None:
+    def __init__(
+        self, config: RunConfig, plan: RunPlan, workers: int, address: str | None = None
+    ) -> None:
         try:
             import ray
             from ray.util import ActorPool
@@ -114,7 +120,7 @@ class RayPool:
             ray.init(**options)
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
-        on_gpus = gpus >= 1 and config.device in ("auto", "cuda")
+        on_gpus = gpus >= 1 and config.model.device in ("auto", "cuda")
         if on_gpus and workers > gpus:  # the actors beyond would wait for a GPU forever
             self.close()
             raise ValueError(
@@ -124,7 +130,9 @@ class RayPool:
         actor_class = ray.remote(num_gpus=1 if on_gpus else 0, num_cpus=0 if on_gpus else 1)(
             _RunnerActor
         )
-        self.actors = [actor_class.remote(asdict(config), threads) for _ in range(workers)]
+        # The plan travels pickled: a plug-in registered outside the package is imported in
+        # each actor by its module's name, as pickle does for any class.
+        self.actors = [actor_class.remote(config, plan, threads) for _ in range(workers)]
         try:
             self._unwrap(lambda: ray.get([a.ready.remote() for a in self.actors]))
         except BaseException:  # a model that cannot load, Ctrl-C: stop what was started
@@ -147,11 +155,11 @@ class RayPool:
         except self.ray.exceptions.RayActorError as error:
             raise RuntimeError(f"a Ray worker died: {error}") from None
 
-    def call(self, method: str, *args: Any) -> Any:
-        return self._unwrap(lambda: self.ray.get(self.actors[0].call.remote(method, *args)))
+    def call(self, stage: Stage[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._unwrap(lambda: self.ray.get(self.actors[0].call.remote(stage, *args)))
 
-    def submit(self, method: str, *args: Any) -> None:
-        self.pool.submit(lambda actor, a: actor.call.remote(method, *a), args)
+    def submit(self, stage: Stage[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
+        self.pool.submit(lambda actor, a: actor.call.remote(stage, *a), args)
 
     def results(self, wait: bool = True) -> Iterator[Any]:
         """Finished calls; with ``wait`` until none is pending, else only those done now."""
@@ -224,9 +232,10 @@ def _start_reaper() -> subprocess.Popen | None:
     return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid())])
 
 
-def open_pool(config: RunConfig, grader: Grader | None) -> LocalPool | RayPool:
+def open_pool(config: RunConfig, plan: RunPlan, grader: Grader | None) -> LocalPool | RayPool:
     """The pool a config asks for: Ray actors with ``--workers`` / ``--ray-address``, else
     this process (its runner grading with ``grader``)."""
-    if config.workers > 1 or config.ray_address:
-        return RayPool(config, config.workers, config.ray_address)
-    return LocalPool(UnitRunner.load(config, grader))
+    placement = config.placement
+    if placement.uses_ray:
+        return RayPool(config, plan, placement.workers, placement.ray_address)
+    return LocalPool(UnitRunner.load(config, plan, grader))

@@ -111,7 +111,7 @@ def run_workers(model: str, device: str, dtype: str, units: int) -> dict[str, An
     seconds = {}
     with tempfile.TemporaryDirectory() as scratch:
         for workers in (1, 2):
-            config = RunConfig(
+            config = RunConfig.from_flat(
                 model=model,
                 device=device,
                 dtype=dtype,

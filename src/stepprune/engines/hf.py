@@ -11,6 +11,7 @@ never used.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import (
@@ -24,7 +25,8 @@ from transformers import (
 )
 
 from stepprune.decoding import Continuation, RowSampler, SamplingConfig, StopRule, sampling_probs
-from stepprune.engines.base import ENGINES, Engine
+from stepprune.engines.base import ENGINES, Engine, EngineConfig, ModelView
+from stepprune.registry import PositiveInt
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -54,7 +56,6 @@ class _StopRows(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-@ENGINES.register("hf")
 class HFEngine(Engine):
     """Batched decoding with transformers ``generate``.
 
@@ -146,3 +147,17 @@ class HFEngine(Engine):
             generated = self._generate(batch, max_new_tokens, [], [_StopRows(rule, width)])
             results += [rule.finish(ids) for ids in generated]
         return results
+
+
+@ENGINES.register("hf")
+@dataclass(frozen=True)
+class HFEngineConfig(EngineConfig):
+    """transformers ``generate`` on the model each worker holds; ``batch`` sequences per call."""
+
+    batch: PositiveInt = DEFAULT_BATCH_SIZE
+    location = "worker"
+
+    def open(self, view: ModelView, seed: int) -> HFEngine:
+        if view.model is None:
+            raise ValueError("the hf engine decodes where the model is loaded (no model here)")
+        return HFEngine(view.model, view.tokenizer, view.eos_ids, view.pad_id, self.batch)

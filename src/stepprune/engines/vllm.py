@@ -37,13 +37,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
 from stepprune.decoding import BOX, Continuation, SamplingConfig, StopRule
-from stepprune.engines.base import ENGINES, Engine
+from stepprune.engines.base import ENGINES, Engine, EngineConfig, ModelView
+from stepprune.registry import PositiveInt, Range, spec_key
 
 WORKER = Path(__file__).with_name("vllm_worker.py")
 # Half the GPU: the transformers model that scores shares the device (ignored on CPU, where
@@ -236,7 +238,6 @@ class VLLMProcess:
         self.log.close()
 
 
-@ENGINES.register("vllm")
 class VLLMEngine(Engine):
     """Decoding by vLLM in its own process (see the module docstring).
 
@@ -250,8 +251,6 @@ class VLLMEngine(Engine):
     """
 
     name = "vllm"
-    # Traces and answers are sent as one job across all pending units: that is the batch.
-    batches_across_units = True
 
     def __init__(
         self,
@@ -281,6 +280,9 @@ class VLLMEngine(Engine):
     @property
     def startup_s(self) -> float:
         return self.process.startup_s
+
+    def describe(self) -> str:
+        return f"vLLM {self.process.version}"
 
     def close(self) -> None:
         self.process.close()
@@ -342,3 +344,47 @@ class VLLMEngine(Engine):
                 ):
                     finished[row] = rule.finish(generated[row])
         return [finished[i] for i in range(len(contexts))]
+
+
+@ENGINES.register("vllm")
+@dataclass(frozen=True)
+class VLLMEngineConfig(EngineConfig):
+    """vLLM in a process of its own, beside the driver: ``tp`` GPUs per model (tensor
+    parallelism), ``gpu_memory`` the share of each GPU's memory it takes (default 0.5 on a GPU,
+    beside the transformers model that scores)."""
+
+    tensor_parallel_size: PositiveInt = field(default=1, metadata=spec_key("tp"))
+    gpu_memory_utilization: (
+        Annotated[float, Range(minimum=0, maximum=1, open_minimum=True)] | None
+    ) = field(default=None, metadata=spec_key("gpu_memory"))
+    # Traces and answers are sent as one job across all pending units: that is the batch.
+    location = "driver"
+
+    def __post_init__(self) -> None:
+        self.options()  # validates
+
+    def options(self, max_model_len: int | None = None) -> VLLMOptions:
+        return VLLMOptions(
+            tensor_parallel_size=self.tensor_parallel_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=max_model_len,
+        )
+
+    def check(self) -> None:
+        vllm_python()  # vLLM is there to start, before anything is loaded
+
+    def open(self, view: ModelView, seed: int) -> VLLMEngine:
+        if view.model_dir is None or not Path(view.model_dir).exists():
+            # Made on a Ray worker's machine.
+            raise ValueError(
+                f"vLLM reads the model from {view.model_dir}, which is not on this machine (a "
+                "GGUF converted on a Ray worker): pass a model folder or hub id"
+            )
+        return VLLMEngine(
+            view.model_dir,
+            view.tokenizer,
+            view.eos_ids,
+            dtype=view.dtype,
+            seed=seed,
+            options=self.options(view.max_model_len),
+        )

@@ -14,14 +14,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from stepprune.decoding import Continuation
-from stepprune.registry import Registry
+from stepprune.registry import Plugin, Registry
 from stepprune.schema import Problem, Record, Step, Trace
 
 if TYPE_CHECKING:
-    from stepprune.config import RunConfig
+    from stepprune.scorers import Scorer
     from stepprune.session import Session
 
 
@@ -33,6 +33,8 @@ class Pruning:
     scorer: str
     threshold: float
     keep: tuple[bool, ...] | None = None
+    #: For the random control: the spec of the scorer it controls.
+    control_of: str | None = None
 
 
 @dataclass
@@ -54,23 +56,21 @@ class Outcome:
     after_cue: bool = True
 
 
-class Mode(ABC):
-    """How the model answers again after pruning."""
+class Mode(Plugin, ABC):
+    """How the model answers again after pruning.
 
-    name: str
+    Subclasses are dataclasses registered with ``@MODES.register(name)``: their spec options
+    are fields (``kv:positions=rerotate``), and the run's own settings (answer budget, seed,
+    sampling) are ``run_setting`` fields filled by ``MODES.build(spec, **settings)``.
+    """
+
     #: True when the mode prunes during generation: no keep masks, no random control.
-    decides_online: bool = False
+    decides_online: ClassVar[bool] = False
+    #: True when the mode's answers are plain greedy continuations of token-id contexts
+    #: (``contexts`` / ``outcomes``), which an engine beside the driver can decode in batches.
+    answers_from_contexts: ClassVar[bool] = False
 
-    @property
-    def spec(self) -> str:
-        return self.name
-
-    @classmethod
-    @abstractmethod
-    def from_config(cls, config: RunConfig) -> Mode:
-        """The mode with the run's settings (the only place a mode reads the config)."""
-
-    def check(self, scorer: object) -> None:
+    def check(self, scorer: Scorer) -> None:
         """Raise ValueError when this mode cannot run with ``scorer`` (before any loading).
         Text and kv modes run with every scorer."""
         return None
@@ -80,6 +80,23 @@ class Mode(ABC):
         self, session: Session, problem: Problem, trace: Trace, prunings: Sequence[Pruning]
     ) -> list[Outcome]:
         """One outcome per pruning, in order."""
+
+    def contexts(
+        self, session: Session, trace: Trace, prunings: Sequence[Pruning]
+    ) -> tuple[list[tuple[bool, ...]], list[list[int]]]:
+        """The distinct keep masks and the context of each (``answers_from_contexts``)."""
+        raise TypeError(f"mode {self.name} does not answer from contexts")
+
+    def outcomes(
+        self,
+        trace: Trace,
+        prunings: Sequence[Pruning],
+        masks: Sequence[tuple[bool, ...]],
+        contexts: Sequence[list[int]],
+        answers: Sequence[Continuation],
+    ) -> list[Outcome]:
+        """One outcome per pruning from the answers to ``contexts`` (``answers_from_contexts``)."""
+        raise TypeError(f"mode {self.name} does not answer from contexts")
 
 
 MODES: Registry[Mode] = Registry("mode")
@@ -99,6 +116,7 @@ def to_record(
     text = session.answer_text(outcome.answer.content_ids, after_cue=outcome.after_cue)
     grade = session.grade(problem, text)
     return Record(
+        control_of=outcome.pruning.control_of,
         problem_id=trace.problem_id,
         sample=trace.sample,
         threshold=outcome.pruning.threshold,

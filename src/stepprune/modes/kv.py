@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -20,6 +21,7 @@ from stepprune.context import closing_ids, kept_positions
 from stepprune.decoding import StopRule
 from stepprune.kvcache import POSITION_SCHEMES, decode_greedy, prefill
 from stepprune.modes.base import MODES, Mode, Outcome, Pruning, unique_masks
+from stepprune.registry import run_setting
 from stepprune.schema import Problem, Trace
 
 
@@ -36,19 +38,8 @@ def kept_entries(trace: Trace, keep: Sequence[bool]) -> torch.Tensor:
 class KVMode(Mode):
     """Answer from the gathered cache; ``positions`` is ``original`` (gaps) or ``rerotate``."""
 
-    answer_max_tokens: int = 512
-    positions: str = "original"
-    name = "kv"
-
-    @classmethod
-    def from_config(cls, config) -> KVMode:
-        return cls(answer_max_tokens=config.answer_max_tokens, positions=config.positions)
-
-    def __post_init__(self) -> None:
-        if self.positions not in POSITION_SCHEMES:
-            raise ValueError(
-                f"--positions {self.positions!r}: choose from {', '.join(POSITION_SCHEMES)}"
-            )
+    positions: Literal["original", "rerotate"] = "original"
+    answer_max_tokens: int = run_setting(512)
 
     def evaluate(self, session, problem: Problem, trace: Trace, prunings: Sequence[Pruning]):
         model, fmt = session.model, session.format

@@ -26,17 +26,18 @@ from stepprune.decoding import EOS, LENGTH, Continuation, RowSampler, SamplingCo
 from stepprune.kvcache import FULL, KVState, decode_greedy, prefill
 from stepprune.modes.base import MODES, Mode, Outcome, Pruning
 from stepprune.policies import PruningPolicy
+from stepprune.registry import NonNegativeInt, PositiveInt, run_setting
 from stepprune.schema import Problem, Step, Trace
 from stepprune.session import sample_seed
 from stepprune.steps import BlockBreakWatcher, block_breaks
 
 if TYPE_CHECKING:
+    from stepprune.scorers import Scorer
     from stepprune.session import Session
 
 
 def check_eviction(interval: int, budget: int | None, recent: int) -> None:
-    """The one check of online eviction settings (``RunConfig`` repeats the first two so that
-    the CLI refuses them before importing torch)."""
+    """The check of eviction settings given in Python (a spec's are checked by their types)."""
     if interval < 0:
         raise ValueError(f"--interval must be >= 0, got {interval}")
     if recent < 0:
@@ -251,36 +252,20 @@ class OnlineMode(Mode):
     threshold is unused and one generation serves every pruning.
     """
 
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    seed: int = 0
-    answer_max_tokens: int = 512
-    budget: int | None = None
-    interval: int = 0
-    recent: int = 32
-    name = "online"
+    interval: NonNegativeInt = 0
+    budget: PositiveInt | None = None
+    sampling: SamplingConfig = run_setting(default_factory=SamplingConfig)
+    seed: int = run_setting(0)
+    answer_max_tokens: int = run_setting(512)
+    recent: int = run_setting(32)
     decides_online = True
 
-    @classmethod
-    def from_config(cls, config) -> OnlineMode:
-        return cls(
-            sampling=config.sampling(),
-            seed=config.seed,
-            answer_max_tokens=config.answer_max_tokens,
-            budget=config.budget,
-            interval=config.interval,
-        )
-
-    def __post_init__(self) -> None:
-        check_eviction(self.interval, self.budget, self.recent)
-
-    def check(self, scorer: object) -> None:
-        cached = getattr(scorer, "score_cache", None)
-        problem = getattr(scorer, "online_problem", lambda: None)()
-        if cached is None or problem:
-            spec = getattr(scorer, "spec", scorer)
+    def check(self, scorer: Scorer) -> None:
+        problem = scorer.online_problem()
+        if problem:
             raise ValueError(
-                f"--mode online scores the cached steps at each checkpoint; scorer {spec!r} "
-                f"cannot{f' ({problem})' if problem else ''}: use attention:query=probe, "
+                f"--mode online scores the cached steps at each checkpoint; scorer "
+                f"{scorer.spec!r} cannot ({problem}): use attention:query=probe, "
                 "length, position, random or uniform"
             )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from stepprune.context import text_context
 from stepprune.decoding import Continuation
 from stepprune.modes.base import MODES, Mode, Outcome, Pruning, unique_masks
+from stepprune.registry import run_setting
 from stepprune.schema import Problem, Trace
 
 
@@ -23,12 +24,8 @@ from stepprune.schema import Problem, Trace
 class TextMode(Mode):
     """Re-prompt with the kept steps; ``answer_max_tokens`` bounds each answer."""
 
-    answer_max_tokens: int = 512
-    name = "text"
-
-    @classmethod
-    def from_config(cls, config) -> TextMode:
-        return cls(answer_max_tokens=config.answer_max_tokens)
+    answer_max_tokens: int = run_setting(512)
+    answers_from_contexts = True
 
     def contexts(
         self, session, trace: Trace, prunings: Sequence[Pruning]

@@ -18,7 +18,7 @@ from transformers import DynamicCache, PreTrainedModel
 from stepprune.context import text_context
 from stepprune.models import ChatFormat
 from stepprune.schema import Trace
-from stepprune.scorers.base import SCORERS, normalise, require
+from stepprune.scorers.base import SCORERS, Scorer, normalise
 
 
 def answer_target_ids(fmt: ChatFormat, gold: str) -> list[int]:
@@ -49,13 +49,13 @@ def answer_logprob(model: PreTrainedModel, ids: list[int], target_len: int) -> f
 
 @SCORERS.register("ablation")
 @dataclass(frozen=True)
-class AblationScorer:
+class AblationScorer(Scorer):
     """Importance of step i = log p(answer | all steps) - log p(answer | all steps but i),
-    clipped at 0 (a step whose removal helps the answer is not important), then normalised."""
+    clipped at 0 (a step whose removal helps the answer is not important), then normalised.
 
-    @property
-    def spec(self) -> str:
-        return "ablation"
+    An oracle: it reads the reference answer."""
+
+    reads_gold = True
 
     def drops(
         self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat, gold: str
@@ -98,12 +98,11 @@ class AblationScorer:
         self,
         model: PreTrainedModel,
         trace: Trace,
-        fmt: ChatFormat | None = None,
+        fmt: ChatFormat,
         gold: str | None = None,
     ) -> list[float]:
         if not trace.steps:
             return []
-        fmt = require(fmt, "the chat format (tokenizer)", self.spec)
-        gold = require(gold, "the reference answer", self.spec)
+        gold = self.gold_of(gold)
         drops = np.array(self.drops(model, trace, fmt, gold))
         return normalise(np.clip(drops, 0.0, None))

@@ -24,6 +24,7 @@ extra memory is O(layers x heads x queries x steps), never tokens squared.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,15 +33,11 @@ from transformers import PretrainedConfig, PreTrainedModel
 from stepprune.capture import capture_attention
 from stepprune.kvcache import FULL, KVState
 from stepprune.models import ChatFormat
-from stepprune.registry import SpecError
+from stepprune.registry import NonNegativeInt, PositiveInt, SpecError
 from stepprune.schema import Step, Trace
-from stepprune.scorers.base import SCORERS, normalise, require
+from stepprune.scorers.base import SCORERS, Scorer, normalise
 from stepprune.scorers.receiver import load_receiver_heads
 
-QUERIES = ("last", "answer", "probe")
-HEADS = ("mean", "max", "receiver")
-AGGREGATIONS = ("sum", "mean")
-SINKS = ("keep", "exclude")
 DEFAULT_PROBE = (
     "Time is up. Given the time I've spent and the approaches I've tried, I should stop "
     "thinking and now write a summary of my reasoning."
@@ -149,16 +146,16 @@ def _parse_layers(spec: str, num_layers: int) -> list[int]:
 
 @SCORERS.register("attention")
 @dataclass(frozen=True)
-class AttentionScorer:
+class AttentionScorer(Scorer):
     """Attention paid by query tokens to each step; see the module docstring for options."""
 
-    query: str = "last"
+    query: Literal["last", "answer", "probe"] = "last"
     layers: str = "all"
-    heads: str = "mean"
-    agg: str = "sum"
-    sink: str = "keep"
-    receivers: int = 8
-    sink_tokens: int = 4
+    heads: Literal["mean", "max", "receiver"] = "mean"
+    agg: Literal["sum", "mean"] = "sum"
+    sink: Literal["keep", "exclude"] = "keep"
+    receivers: PositiveInt = 8
+    sink_tokens: NonNegativeInt = 4
     probe: str = DEFAULT_PROBE
     calibration: str = ""
     # The (layer, head) pairs read from ``calibration`` (empty: chosen per trace).
@@ -167,26 +164,11 @@ class AttentionScorer:
     )
 
     def __post_init__(self) -> None:
-        for name, allowed in (
-            ("query", QUERIES),
-            ("heads", HEADS),
-            ("agg", AGGREGATIONS),
-            ("sink", SINKS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise SpecError(f"attention: {name}={getattr(self, name)!r}; choose from {allowed}")
         fixed = {"all", "first-half", "last-half"}
         if self.layers not in fixed and not all(x.isdigit() for x in self.layers.split("+")):
             raise SpecError(
                 f"attention: layers={self.layers!r}; use all, first-half, last-half or 0+3+7"
             )
-        for name in ("receivers", "sink_tokens"):
-            try:
-                object.__setattr__(self, name, int(getattr(self, name)))
-            except ValueError:
-                raise SpecError(
-                    f"attention: {name}={getattr(self, name)!r} is not an integer"
-                ) from None
         if self.calibration:
             self._load_calibration()
 
@@ -216,7 +198,7 @@ class AttentionScorer:
             parts.append(f"sink_tokens={self.sink_tokens}")
         return "attention:" + ",".join(parts)
 
-    def _queries(self, trace: Trace, fmt: ChatFormat | None) -> tuple[list[int], list[int]]:
+    def _queries(self, trace: Trace, fmt: ChatFormat) -> tuple[list[int], list[int]]:
         """The ids of the forward pass and the query positions within it."""
         ids = trace.all_ids
         if self.query == "last":
@@ -224,14 +206,11 @@ class AttentionScorer:
         if self.query == "answer":
             positions = list(range(trace.reasoning_end, len(ids)))
             return ids, positions or [len(ids) - 1]  # a truncated trace has no answer span
-        fmt = require(fmt, "the chat format (tokenizer) for its probe", self.spec)
         probe = self.probe_ids(fmt)
         prefix = ids[: trace.reasoning_end]
         return prefix + probe, list(range(len(prefix), len(prefix) + len(probe)))
 
-    def step_mass(
-        self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat | None = None
-    ) -> torch.Tensor:
+    def step_mass(self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat) -> torch.Tensor:
         """Per-step attention ``(layers, heads, queries, steps)``, after sink handling and
         step aggregation, before any layer/head/query reduction."""
         ids, positions = self._queries(trace, fmt)
@@ -251,7 +230,7 @@ class AttentionScorer:
         self,
         model: PreTrainedModel,
         trace: Trace,
-        fmt: ChatFormat | None = None,
+        fmt: ChatFormat,
         gold: str | None = None,
     ) -> list[float]:
         if not trace.steps:
@@ -320,7 +299,7 @@ class AttentionScorer:
         older steps. ``layers`` indexes those layers.
         """
         if self.online_problem():
-            raise ValueError(f"scorer {self.spec!r}: {self.online_problem()}")
+            return super().score_cache(model, fmt, state, steps)
         mass = cached_probe_mass(model, state, self.probe_ids(fmt), steps)[..., : len(steps)]
         if self.agg == "mean":
             mass = mass / torch.tensor([s.num_tokens for s in steps], dtype=mass.dtype)

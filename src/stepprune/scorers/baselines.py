@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stepprune.registry import SpecError
 from stepprune.schema import Step, Trace
-from stepprune.scorers.base import SCORERS, normalise
+from stepprune.scorers.base import SCORERS, Scorer, normalise
 
 
-class StepsOnly:
+class StepsOnly(Scorer):
     """Scorers that read the steps alone (no model): they score cached steps online too."""
 
     def score(self, model, trace: Trace, fmt=None, gold=None) -> list[float]:
@@ -21,6 +20,9 @@ class StepsOnly:
     def score_cache(self, model, fmt, state, steps: list[Step]) -> list[float]:
         # Online checkpoints of one trace see different step sets: seed on their positions.
         return self.score_steps(steps, ",".join(str(s.start) for s in steps))
+
+    def online_problem(self) -> str | None:
+        return None
 
     def score_steps(self, steps: list[Step], key: str) -> list[float]:
         raise NotImplementedError
@@ -32,16 +34,6 @@ class RandomScorer(StepsOnly):
     """Seeded random importances: the control that every other scorer must beat."""
 
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "seed", int(self.seed))
-        except ValueError:
-            raise SpecError(f"random: seed={self.seed!r} is not an integer") from None
-
-    @property
-    def spec(self) -> str:
-        return f"random:seed={self.seed}"
 
     def score_steps(self, steps: list[Step], key: str) -> list[float]:
         # A stable per-trace seed: the same trace gets the same scores in every run, and
@@ -55,10 +47,6 @@ class RandomScorer(StepsOnly):
 class LengthScorer(StepsOnly):
     """Importance proportional to the step's token count (what summed attention tracks)."""
 
-    @property
-    def spec(self) -> str:
-        return "length"
-
     def score_steps(self, steps: list[Step], key: str) -> list[float]:
         return normalise(np.array([s.num_tokens for s in steps], dtype=float))
 
@@ -68,10 +56,6 @@ class LengthScorer(StepsOnly):
 class PositionScorer(StepsOnly):
     """Importance growing linearly with position: recent steps matter most."""
 
-    @property
-    def spec(self) -> str:
-        return "position"
-
     def score_steps(self, steps: list[Step], key: str) -> list[float]:
         return normalise(np.arange(1, len(steps) + 1, dtype=float))
 
@@ -80,10 +64,6 @@ class PositionScorer(StepsOnly):
 @dataclass(frozen=True)
 class UniformScorer(StepsOnly):
     """Every step equally important: no step can be told apart, so nothing is pruned."""
-
-    @property
-    def spec(self) -> str:
-        return "uniform"
 
     def score_steps(self, steps: list[Step], key: str) -> list[float]:
         return normalise(np.ones(len(steps)))

@@ -15,15 +15,15 @@ projection is applied in chunks of ``CHUNK`` positions so memory stays O(CHUNK x
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel
 
 from stepprune.models import ChatFormat
-from stepprune.registry import SpecError
 from stepprune.schema import Trace
-from stepprune.scorers.base import SCORERS, normalise
+from stepprune.scorers.base import SCORERS, Scorer, normalise
 
 AGGREGATIONS = ("sum", "mean")
 CHUNK = 256  # positions per vocabulary projection (a 150k vocabulary: 150 MB in float32)
@@ -63,18 +63,10 @@ def token_entropies(model: PreTrainedModel, ids: list[int], start: int, end: int
 
 @SCORERS.register("entropy")
 @dataclass(frozen=True)
-class EntropyScorer:
+class EntropyScorer(Scorer):
     """Importance of a step = summed (or mean) next-token entropy over its tokens."""
 
-    agg: str = "sum"
-
-    def __post_init__(self) -> None:
-        if self.agg not in AGGREGATIONS:
-            raise SpecError(f"entropy: agg={self.agg!r}; choose from {AGGREGATIONS}")
-
-    @property
-    def spec(self) -> str:
-        return f"entropy:agg={self.agg}"
+    agg: Literal["sum", "mean"] = "sum"
 
     def step_entropies(self, model: PreTrainedModel, trace: Trace) -> list[float]:
         """Raw per-step score before normalisation: sum or mean of token entropies."""
@@ -90,7 +82,7 @@ class EntropyScorer:
         self,
         model: PreTrainedModel,
         trace: Trace,
-        fmt: ChatFormat | None = None,
+        fmt: ChatFormat,
         gold: str | None = None,
     ) -> list[float]:
         if not trace.steps:
@@ -98,5 +90,4 @@ class EntropyScorer:
         return normalise(np.array(self.step_entropies(model, trace), dtype=np.float64))
 
     def online_problem(self) -> str:
-        """Online mode cannot use it (no ``score_cache``): say why."""
         return "it reads the logits of a teacher-forced forward over the finished trace"

@@ -26,7 +26,7 @@ from stepprune.context import text_context
 from stepprune.models import ChatFormat
 from stepprune.schema import Trace
 from stepprune.scorers.ablation import answer_target_ids
-from stepprune.scorers.base import SCORERS, normalise, require
+from stepprune.scorers.base import SCORERS, Scorer, normalise
 
 BATCH_SIZE = 8
 
@@ -76,13 +76,12 @@ def target_logprobs(
 
 @SCORERS.register("forced-answer")
 @dataclass(frozen=True)
-class ForcedAnswerScorer:
+class ForcedAnswerScorer(Scorer):
     """Importance of step i = rise of log p(gold) when the reasoning stops after step i rather
-    than before it, clipped at 0; see the module docstring."""
+    than before it, clipped at 0; see the module docstring. An oracle: it reads the reference
+    answer."""
 
-    @property
-    def spec(self) -> str:
-        return "forced-answer"
+    reads_gold = True
 
     def answer_logprobs(
         self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat, gold: str
@@ -95,16 +94,14 @@ class ForcedAnswerScorer:
         self,
         model: PreTrainedModel,
         trace: Trace,
-        fmt: ChatFormat | None = None,
+        fmt: ChatFormat,
         gold: str | None = None,
     ) -> list[float]:
         if not trace.steps:
             return []
-        fmt = require(fmt, "the chat format (tokenizer)", self.spec)
-        gold = require(gold, "the reference answer", self.spec)
+        gold = self.gold_of(gold)
         forced = np.array(self.answer_logprobs(model, trace, fmt, gold))
         return normalise(np.clip(np.diff(forced), 0.0, None))
 
     def online_problem(self) -> str:
-        """Online mode cannot use it (no ``score_cache``): say why."""
         return "it re-reads every prefix of the finished trace with the reference answer"

@@ -19,10 +19,10 @@ from transformers import PreTrainedModel
 
 from stepprune.kvcache import KVState
 from stepprune.models import ChatFormat
-from stepprune.registry import SpecError
+from stepprune.registry import Fraction, SpecError
 from stepprune.schema import Step, Trace
 from stepprune.scorers.base import SCORERS, Scorer, normalise
-from stepprune.scorers.parts import Composite, build_part, part_spec
+from stepprune.scorers.parts import Composite, build_part
 
 
 @SCORERS.register("mix")
@@ -36,7 +36,7 @@ class MixScorer(Composite):
 
     a: str = ""
     b: str = ""
-    w: float = 0.5
+    w: Fraction = 0.5
     scorer_a: Scorer = field(init=False, repr=False, compare=False)
     scorer_b: Scorer = field(init=False, repr=False, compare=False)
 
@@ -47,20 +47,10 @@ class MixScorer(Composite):
             scorer = build_part(getattr(self, name), "mix", name)
             object.__setattr__(self, f"scorer_{name}", scorer)
             object.__setattr__(self, name, scorer.spec)
-        try:
-            object.__setattr__(self, "w", float(self.w))
-        except ValueError:
-            raise SpecError(f"mix: w={self.w!r} is not a number") from None
-        if not 0.0 <= self.w <= 1.0:
-            raise SpecError(f"mix: w={self.w} is outside [0, 1]")
 
     @property
     def parts(self) -> tuple[Scorer, ...]:
         return (self.scorer_a, self.scorer_b)
-
-    @property
-    def spec(self) -> str:
-        return f"mix:a={part_spec(self.scorer_a)},b={part_spec(self.scorer_b)},w={self.w!r}"
 
     def combine(self, a: list[float], b: list[float]) -> list[float]:
         """``w * a + (1 - w) * b``, renormalised (it already sums to 1 up to rounding)."""
@@ -70,7 +60,7 @@ class MixScorer(Composite):
         self,
         model: PreTrainedModel,
         trace: Trace,
-        fmt: ChatFormat | None = None,
+        fmt: ChatFormat,
         gold: str | None = None,
     ) -> list[float]:
         if not trace.steps:
@@ -83,14 +73,9 @@ class MixScorer(Composite):
     def online_problem(self) -> str | None:
         """Why online mode cannot use this mix (None: both parts score cached steps)."""
         for part in self.parts:
-            if getattr(part, "score_cache", None) is None:
-                why = getattr(part, "online_problem", lambda: None)()
-                return f"its part {part.spec!r} cannot score cached steps" + (
-                    f": {why}" if why else ""
-                )
-            why = getattr(part, "online_problem", lambda: None)()
+            why = part.online_problem()
             if why:
-                return f"its part {part.spec!r}: {why}"
+                return f"its part {part.spec!r} cannot score cached steps: {why}"
         return None
 
     def score_cache(
@@ -98,7 +83,7 @@ class MixScorer(Composite):
     ) -> list[float]:
         """Online checkpoints: the same mix of both parts' cached-step scores."""
         if self.online_problem():
-            raise ValueError(f"scorer {self.spec!r}: {self.online_problem()}")
+            return super().score_cache(model, fmt, state, steps)
         return self.combine(
             self.scorer_a.score_cache(model, fmt, state, steps),
             self.scorer_b.score_cache(model, fmt, state, steps),

@@ -30,17 +30,17 @@ def part_spec(scorer: Scorer) -> str:
     return embed_spec(scorer.spec)
 
 
-class Composite:
+class Composite(Scorer):
     """Model checks of a scorer made of ``parts`` (a tuple of scorers)."""
 
-    parts: tuple[Scorer, ...]
+    @property
+    def parts(self) -> tuple[Scorer, ...]:
+        raise NotImplementedError
 
     @property
     def needs_model_config(self) -> bool:
-        return any(getattr(p, "needs_model_config", False) for p in self.parts)
+        return any(p.needs_model_config for p in self.parts)
 
     def check_model(self, config: PretrainedConfig, cached_only: bool = False) -> None:
         for part in self.parts:
-            check = getattr(part, "check_model", None)
-            if check is not None:
-                check(config, cached_only=cached_only)
+            part.check_model(config, cached_only=cached_only)

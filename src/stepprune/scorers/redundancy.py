@@ -30,6 +30,7 @@ echoes most of them. Cost: the base scorer's, plus one forward over prompt + rea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,12 +38,11 @@ from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 
 from stepprune.kvcache import FULL
 from stepprune.models import ChatFormat
-from stepprune.registry import SpecError
+from stepprune.registry import Fraction, SpecError, spec_key
 from stepprune.schema import Trace
 from stepprune.scorers.base import SCORERS, Scorer, normalise
-from stepprune.scorers.parts import Composite, build_part, part_spec
+from stepprune.scorers.parts import Composite, build_part
 
-VECTORS = ("hidden", "key")
 DEFAULT_LAMBDA = 0.1
 
 
@@ -101,6 +101,7 @@ def step_redundancy(vectors: torch.Tensor) -> np.ndarray:
     return ((cos.sum(-1) - cos.diagonal()) / (n - 1)).numpy()
 
 
+@SCORERS.register("redundancy")
 @dataclass(frozen=True)
 class RedundancyScorer(Composite):
     """Base importance penalised by redundancy; see the module docstring for the formula.
@@ -110,23 +111,15 @@ class RedundancyScorer(Composite):
     """
 
     of: str = "attention"
-    weight: float = DEFAULT_LAMBDA
+    weight: Fraction = field(default=DEFAULT_LAMBDA, metadata=spec_key("lambda"))
     layer: str = "last"
-    vector: str = "hidden"
+    vector: Literal["hidden", "key"] = "hidden"
     base: Scorer = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         base = build_part(self.of, "redundancy", "of")
         object.__setattr__(self, "base", base)
         object.__setattr__(self, "of", base.spec)
-        try:
-            object.__setattr__(self, "weight", float(self.weight))
-        except ValueError:
-            raise SpecError(f"redundancy: lambda={self.weight!r} is not a number") from None
-        if not 0.0 <= self.weight <= 1.0:
-            raise SpecError(f"redundancy: lambda={self.weight} is outside [0, 1]")
-        if self.vector not in VECTORS:
-            raise SpecError(f"redundancy: vector={self.vector!r}; choose from {VECTORS}")
         layer = str(self.layer).strip()
         if layer != "last" and not layer.isdigit():
             raise SpecError(f"redundancy: layer={self.layer!r}; use last or a layer index")
@@ -135,13 +128,6 @@ class RedundancyScorer(Composite):
     @property
     def parts(self) -> tuple[Scorer, ...]:
         return (self.base,)
-
-    @property
-    def spec(self) -> str:
-        return (
-            f"redundancy:of={part_spec(self.base)},lambda={self.weight!r},"
-            f"layer={self.layer},vector={self.vector}"
-        )
 
     @property
     def layer_index(self) -> int | None:
@@ -186,7 +172,7 @@ class RedundancyScorer(Composite):
         self,
         model: PreTrainedModel,
         trace: Trace,
-        fmt: ChatFormat | None = None,
+        fmt: ChatFormat,
         gold: str | None = None,
     ) -> list[float]:
         if not trace.steps:
@@ -195,15 +181,4 @@ class RedundancyScorer(Composite):
         return self.combine(importance, step_redundancy(self.step_vectors(model, trace)))
 
     def online_problem(self) -> str:
-        """Online mode cannot use it (no ``score_cache``): say why."""
         return "it compares the steps' hidden states over the finished trace"
-
-
-@SCORERS.register("redundancy")
-def _from_spec(**options: str) -> RedundancyScorer:
-    """Build from spec options, where the weight is spelled ``lambda``."""
-    if "lambda" in options:
-        options["weight"] = options.pop("lambda")
-    elif "weight" in options:
-        raise SpecError("redundancy: the weight option is spelled lambda")
-    return RedundancyScorer(**options)

@@ -31,9 +31,9 @@ from transformers import PreTrainedModel
 from stepprune.decoding import SamplingConfig, StopRule
 from stepprune.engines.hf import HFEngine
 from stepprune.models import ChatFormat, eos_token_ids
-from stepprune.registry import SpecError
+from stepprune.registry import PositiveFloat, PositiveInt
 from stepprune.schema import Trace
-from stepprune.scorers.base import SCORERS, normalise, require
+from stepprune.scorers.base import SCORERS, Scorer, normalise
 from stepprune.scorers.forced_answer import prefix_contexts
 
 TOP_P = 0.95
@@ -80,46 +80,17 @@ def sample_answers(
     return texts
 
 
-def _positive_int(name: str, value) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise SpecError(f"resampling: {name}={value!r} is not an integer") from None
-    if number < 1 and name != "seed":
-        raise SpecError(f"resampling: {name}={number} must be >= 1")
-    return number
-
-
 @SCORERS.register("resampling")
 @dataclass(frozen=True)
-class ResamplingScorer:
+class ResamplingScorer(Scorer):
     """Importance of step i = total-variation distance between the answers sampled after
     steps ``0..i`` and after steps ``0..i-1``; see the module docstring."""
 
-    k: int = 4
+    k: PositiveInt = 4
     seed: int = 0
-    max_new_tokens: int = 64
-    temperature: float = 0.6
-
-    def __post_init__(self) -> None:
-        for name in ("k", "seed", "max_new_tokens"):
-            object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
-        try:
-            object.__setattr__(self, "temperature", float(self.temperature))
-        except ValueError:
-            raise SpecError(
-                f"resampling: temperature={self.temperature!r} is not a number"
-            ) from None
-        if not 0.0 < self.temperature < float("inf"):
-            # Temperature 0 would make the K draws identical: no distribution to compare.
-            raise SpecError(f"resampling: temperature={self.temperature} must be > 0")
-
-    @property
-    def spec(self) -> str:
-        return (
-            f"resampling:k={self.k},seed={self.seed},max_new_tokens={self.max_new_tokens},"
-            f"temperature={self.temperature!r}"
-        )
+    max_new_tokens: PositiveInt = 64
+    # Temperature 0 would make the K draws identical: no distribution to compare.
+    temperature: PositiveFloat = 0.6
 
     def answers(self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat) -> list[list[str]]:
         """``(S + 1) x K`` sampled answer texts: row j from the context keeping ``j`` steps."""
@@ -137,16 +108,14 @@ class ResamplingScorer:
         self,
         model: PreTrainedModel,
         trace: Trace,
-        fmt: ChatFormat | None = None,
+        fmt: ChatFormat,
         gold: str | None = None,
     ) -> list[float]:
         if not trace.steps:
             return []
-        fmt = require(fmt, "the chat format (tokenizer)", self.spec)
         keys = [[answer_key(t) for t in row] for row in self.answers(model, trace, fmt)]
         distances = [total_variation(keys[i + 1], keys[i]) for i in range(len(trace.steps))]
         return normalise(np.array(distances, dtype=np.float64))
 
     def online_problem(self) -> str:
-        """Online mode cannot use it (no ``score_cache``): say why."""
         return "it samples answers from every prefix of the finished trace"
