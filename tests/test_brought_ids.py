@@ -38,6 +38,7 @@ def _run(model: Path, dataset: Path, out: Path, *extra: str):
     return runner.invoke(app, args)
 
 
+@pytest.mark.e2e
 def test_a_brought_trace_is_scored_and_pruned_as_is(tiny_r1_dir, r1_tokenizer, tmp_path) -> None:
     prompt, output = _trace_ids(r1_tokenizer, "What is (2 + 3) * 4?")
     row = {"id": "p1", "problem": "What is (2 + 3) * 4?", "answer": "20"}
@@ -55,6 +56,7 @@ def test_a_brought_trace_is_scored_and_pruned_as_is(tiny_r1_dir, r1_tokenizer, t
     assert [r["num_kept_steps"] for r in records] == [3, 2]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -79,6 +81,7 @@ def test_ids_that_are_not_this_models_are_refused_before_writing(
     assert not (tmp_path / "run" / "traces.jsonl").exists()
 
 
+@pytest.mark.e2e
 def test_a_brought_trace_takes_one_sample_and_no_online_mode(tiny_r1_dir, r1_tokenizer, tmp_path):
     prompt, output = _trace_ids(r1_tokenizer, "What is 2 + 2?")
     row = {"id": "p1", "problem": "What is 2 + 2?", "answer": "4"}

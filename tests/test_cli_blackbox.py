@@ -41,8 +41,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 
-from stepprune.cli import DEFAULT_THRESHOLDS_TEXT
+from stepprune.cli import app
 from stepprune.config import DEFAULT_THRESHOLDS
 from tests.processes import Finished, ForkServer, invoke, invoke_interpreter
 
@@ -444,7 +445,9 @@ CASES = [
 
 def test_the_parser_default_thresholds_are_the_configs() -> None:
     # The parser spells them out (config imports torch); they must not drift apart.
-    assert ",".join(str(t) for t in DEFAULT_THRESHOLDS) == DEFAULT_THRESHOLDS_TEXT
+    run = typer.main.get_command(app).commands["run"]
+    parsed = next(p.default for p in run.params if p.name == "thresholds")
+    assert ",".join(str(t) for t in DEFAULT_THRESHOLDS) == parsed
 
 
 def test_the_table_is_large_and_covers_every_command() -> None:
@@ -596,6 +599,7 @@ def results(request, tmp_path_factory, places, real_run) -> dict[str, Result]:
 # -- tests --------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_results_table_goes_to_stdout_progress_to_stderr(real_run) -> None:
     run, process = real_run
     assert "Threshold" in process.stdout and "Accuracy" in process.stdout
@@ -628,6 +632,7 @@ def _check(case: Case, result: Result, places: dict[str, str]) -> None:
     assert case.after_load or result.seconds < 60, shown
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_invocation(case: Case, results: dict[str, Result], places: dict[str, str]) -> None:
     if case.skip is not None:
@@ -646,6 +651,7 @@ INTERPRETER_CASES = [
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case_id", INTERPRETER_CASES)
 def test_bad_invocation_of_the_interpreter(
     case_id: str, tmp_path: Path, places: dict[str, str], real_run

@@ -24,6 +24,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_planted_run_writes_everything_and_resumes(tiny_r1_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["--model", str(tiny_r1_dir), "--limit", "3", "--samples", "2", "--out", str(out)]
@@ -77,6 +78,7 @@ def test_planted_run_writes_everything_and_resumes(tiny_r1_dir: Path, tmp_path: 
     assert json.loads((out / "summary.json").read_text())["scorer"] == "length"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not (DATA / "aime24.jsonl").exists(), reason="shared data missing")
 def test_generation_path_reports_truncation(tiny_r1_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "gen"
@@ -93,6 +95,7 @@ def test_generation_path_reports_truncation(tiny_r1_dir: Path, tmp_path: Path) -
     assert all(r["trace_truncated"] for r in _lines(out / "records.jsonl"))
 
 
+@pytest.mark.e2e
 def test_changing_the_model_of_a_run_folder_is_refused(tiny_r1_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     code, output = _run("--model", str(tiny_r1_dir), "--limit", "1", "--out", str(out))
@@ -130,6 +133,7 @@ def test_bad_jsonl_line_is_named(tmp_path: Path) -> None:
     assert code == 2 and "bad.jsonl, line 2: invalid JSON" in output
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("scorer", "policy", "segmenter"),
     [
@@ -156,6 +160,7 @@ def test_run_accepts_every_kind_of_scorer(
     assert all(abs(sum(s["importance"] for s in t["steps"]) - 1) < 1e-6 for t in traces)
 
 
+@pytest.mark.e2e
 def test_another_dtype_is_another_experiment(tiny_r1_dir: Path, tmp_path: Path) -> None:
     # bfloat16 and float32 traces differ: one folder never mixes them (dtype is identity).
     out = tmp_path / "run"

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from stepprune.cli import app
 from stepprune.runfolder import is_control
 
+pytestmark = pytest.mark.e2e
+
 runner = CliRunner()
 MODES = ["text", "kv", "online"]
 SCORERS = {

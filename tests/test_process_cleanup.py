@@ -65,6 +65,7 @@ def test_grading_worker_exits_when_its_parent_is_killed() -> None:
         kill_all(below)
 
 
+@pytest.mark.e2e
 def test_kill_9_of_a_run_leaves_no_stepprune_process(tiny_r1_dir: Path, tmp_path: Path) -> None:
     run = start(_run_command(tiny_r1_dir, tmp_path / "out"), tmp_path / "log")
     below = []
@@ -85,6 +86,7 @@ def _has_traces(out: Path) -> bool:
     return path.exists() and path.read_bytes().count(b"\n") > 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("when", ["worker starting", "worker idle"])
 def test_ctrl_c_prints_no_traceback_and_leaves_no_process(
     when: str, tiny_r1_dir: Path, tmp_path: Path

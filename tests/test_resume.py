@@ -15,6 +15,8 @@ import pytest
 from tests.conftest import DATA
 from tests.processes import alive, descendants, kill_all, stop, wait_for
 
+pytestmark = pytest.mark.e2e
+
 
 def _command(model: Path, out: Path, dataset: str) -> list[str]:
     return [

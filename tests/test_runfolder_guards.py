@@ -82,6 +82,7 @@ def _error_line(result) -> str:
 # -- an edited dataset -----------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_edited_answer_or_problem_is_refused_and_the_folder_is_untouched(
     tiny_r1_dir: Path, tmp_path: Path
 ) -> None:
@@ -101,6 +102,7 @@ def test_edited_answer_or_problem_is_refused_and_the_folder_is_untouched(
     assert _hashes(out) == before
 
 
+@pytest.mark.e2e
 def test_the_same_file_by_another_path_is_the_same_dataset(
     tiny_r1_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,6 +134,7 @@ def _canonical(folder: Path, *names: str) -> list[str]:
     return sorted(json.dumps(json.loads(line), sort_keys=True) for line in lines)
 
 
+@pytest.mark.e2e
 def test_of_two_runs_at_once_on_one_folder_one_is_refused_and_one_runs_as_if_alone(
     tiny_r1_dir: Path, tmp_path: Path
 ) -> None:
@@ -169,6 +172,7 @@ def test_of_two_runs_at_once_on_one_folder_one_is_refused_and_one_runs_as_if_alo
 # -- a prompt longer than the model's context ------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_prompt_longer_than_the_context_is_refused_before_generation(
     tiny_r1_dir: Path, tmp_path: Path
 ) -> None:
@@ -199,6 +203,7 @@ def test_check_lengths_refuses_what_cannot_fit_and_warns_of_a_budget_that_does_n
 # -- checks before anything is written or loaded ---------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_a_failed_start_does_not_poison_the_folder(tiny_r1_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     failed = _run(Path("bundld"), "--limit", "1", "--out", str(out))
@@ -232,6 +237,7 @@ def test_options_are_refused_before_any_file_is_written(
     assert not fresh.exists()
 
 
+@pytest.mark.e2e
 def test_bad_scorer_on_an_existing_folder_changes_nothing(
     tiny_r1_dir: Path, tmp_path: Path
 ) -> None:
