@@ -104,6 +104,7 @@ def tiny(r1_tokenizer):
     return model, r1_tokenizer
 
 
+@pytest.mark.e2e
 def test_scoring_bench_matches_eager(tiny) -> None:
     result = run_scoring_bench(*tiny, tokens=96, repeats=1)
     assert result.tokens == 96 and result.device == "cpu"
@@ -116,6 +117,7 @@ def test_scoring_bench_matches_eager(tiny) -> None:
         run_scoring_bench(*tiny, tokens=32)
 
 
+@pytest.mark.e2e
 def test_kv_bench_is_exact_and_the_budget_lowers_the_peak(tiny) -> None:
     result = run_kv_bench(*tiny, tokens=384, answer_tokens=2, decode_tokens=2)
     assert result.max_logit_diff_noop < 1e-4 and result.max_logit_diff_mask < 1e-4

@@ -127,6 +127,7 @@ def folder(run_folder: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.e2e
 def test_first_run_computes_and_caches_then_a_rerun_computes_nothing(
     folder: Path, model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,6 +146,7 @@ def test_first_run_computes_and_caches_then_a_rerun_computes_nothing(
     assert again == first
 
 
+@pytest.mark.e2e
 def test_spearman_is_computed_from_the_cached_scores(
     folder: Path, model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,6 +171,7 @@ def test_spearman_is_computed_from_the_cached_scores(
     assert ablation["spearman"] is None or ablation["spearman"] == pytest.approx(1.0)
 
 
+@pytest.mark.e2e
 def test_json_keys_and_recovery(folder: Path, model, monkeypatch: pytest.MonkeyPatch) -> None:
     data, _ = _bench(folder, model, monkeypatch)
     assert data["reference"] == "ablation" and data["n_traces"] == 2
@@ -191,6 +194,7 @@ def test_json_keys_and_recovery(folder: Path, model, monkeypatch: pytest.MonkeyP
     assert "| `position` |" in table and "(control)" in table
 
 
+@pytest.mark.e2e
 def test_a_torn_line_is_cut_and_a_lost_row_recomputed_alone(
     folder: Path, model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -207,6 +211,7 @@ def test_a_torn_line_is_cut_and_a_lost_row_recomputed_alone(
     assert all(line.endswith("}\n") for line in path.read_text().splitlines(keepends=True))
 
 
+@pytest.mark.e2e
 def test_cli_loads_the_runs_model_and_prints_json(folder: Path) -> None:
     runner = CliRunner()
     args = ["bench", "scorers", "--run", str(folder), "--scorers", "position", "--json"]

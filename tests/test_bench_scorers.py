@@ -155,6 +155,7 @@ def run(tiny):
     return results, calls
 
 
+@pytest.mark.e2e
 def test_run_returns_one_result_per_scorer_with_threshold_keys(run) -> None:
     results, _ = run
     assert [r.scorer for r in results] == ["length", "random:seed=0", "uniform"]
@@ -166,6 +167,7 @@ def test_run_returns_one_result_per_scorer_with_threshold_keys(run) -> None:
         assert result.n_traces + result.n_skipped == 4
 
 
+@pytest.mark.e2e
 def test_uniform_scorer_is_exactly_chance_and_length_has_no_lift_over_itself(run) -> None:
     results, _ = run
     length, _, uniform = results
@@ -177,6 +179,7 @@ def test_uniform_scorer_is_exactly_chance_and_length_has_no_lift_over_itself(run
     assert len(set(uniform.recovery.values())) == 1
 
 
+@pytest.mark.e2e
 def test_answers_are_shared_across_scorers_and_thresholds(run) -> None:
     results, calls = run
     traces = results[0].n_traces
@@ -188,6 +191,7 @@ def test_answers_are_shared_across_scorers_and_thresholds(run) -> None:
     assert contexts < 3 * len(THRESHOLDS) * traces
 
 
+@pytest.mark.e2e
 def test_baselines_are_computed_when_not_listed(tiny) -> None:
     [only] = run_scorer_benchmark(
         *tiny, ["uniform"], n_problems=2, thresholds=(0.0,), progress=False, n_resamples=50
@@ -197,6 +201,7 @@ def test_baselines_are_computed_when_not_listed(tiny) -> None:
     assert not math.isnan(only.lift_over_position)
 
 
+@pytest.mark.e2e
 def test_causal_variant_runs_and_an_unknown_variant_fails_before_any_work(tiny) -> None:
     [only] = run_scorer_benchmark(
         *tiny,

@@ -196,6 +196,7 @@ def test_token_lengths_match_with_the_r1_tokenizer(r1_tokenizer) -> None:
     _check_token_lengths(r1_tokenizer)
 
 
+@pytest.mark.slow
 def test_token_lengths_match_with_the_smollm2_tokenizer() -> None:
     try:
         path = bundled_gguf_path()
