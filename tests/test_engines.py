@@ -41,6 +41,7 @@ def test_the_hf_spec_opens_an_engine_on_the_model_it_is_shown(r1_tokenizer) -> N
         config.open(ModelView(r1_tokenizer, [EOS_ID], EOS_ID, "float32", ""), seed=0)
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_per_sequence_whatever_the_batch(engine: HFEngine) -> None:
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10]]
     together = engine.sample(prompts, [11, 12, 13], SAMPLING)
@@ -56,6 +57,7 @@ def test_sampling_is_seeded_per_sequence_whatever_the_batch(engine: HFEngine) ->
     assert all(c.stop == LENGTH and len(c.ids) == 10 for c in together)
 
 
+@pytest.mark.slow
 def test_sampling_applies_no_top_k(engine: HFEngine) -> None:
     # Temperature 1, top-p 1: every token keeps its probability. With the tiny model's nearly
     # uniform logits over 151936 tokens, 64 draws land outside the top 50 almost surely; a

@@ -106,6 +106,7 @@ def test_budget_bounds_the_cache(setup) -> None:
     assert result.cache_tokens < trace.reasoning_end
 
 
+@pytest.mark.slow
 def test_same_seed_without_eviction_reproduces_generate(setup) -> None:
     session, _, trace = setup
     (plain,) = session.engine.sample([trace.prompt_ids], [11], SAMPLING)

@@ -78,6 +78,7 @@ def test_labels_align_with_paragraphs(problem: Problem) -> None:
         assert part == part.strip()
 
 
+@pytest.mark.slow
 def test_paragraph_rules_hold_for_many_seeds() -> None:
     for seed in range(10):
         for problem in generate_planted(30, seed=seed):

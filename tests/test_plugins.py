@@ -21,6 +21,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_an_outside_scorer_and_engine_run_through_stepprune_run(
     tiny_r1_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,6 +45,7 @@ def _run_command(model: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_grading_worker_exits_when_its_parent_is_killed() -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", SCRIPT_GRADE_AND_WAIT], stdout=subprocess.PIPE, text=True

@@ -129,6 +129,7 @@ def test_receiver_scorer_uses_only_the_chosen_heads(r1_tokenizer) -> None:
     assert torch.allclose(got, expected, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 def test_ablation_matches_brute_force_reruns(arch: str, r1_tokenizer) -> None:
     model = tiny_model(arch, num_hidden_layers=2)

@@ -227,6 +227,7 @@ def test_resampling_scores_the_total_variation_between_prefixes(setup, monkeypat
     assert len(set(seeds)) == len(seeds) and sampling.max_new_tokens == 16
 
 
+@pytest.mark.slow
 def test_resampling_is_deterministic_for_a_seed(setup) -> None:
     model, fmt, trace = setup
     first = ResamplingScorer(k=2, seed=1, max_new_tokens=3).answers(model, trace, fmt)
