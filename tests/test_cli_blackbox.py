@@ -41,10 +41,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 
-from stepprune.cli import app
-from stepprune.config import DEFAULT_THRESHOLDS
 from tests.processes import Finished, ForkServer, invoke, invoke_interpreter
 
 RUN_ARGS = ("run", "--device", "cpu", "--answer-max-tokens", "4")
@@ -441,13 +438,6 @@ CASES = [
     Case("bench-scorers-device-bogus", ("bench", "scorers", "--device", "bogus"), "bogus"),
     Case("unknown-command", ("prune",), "'prune'"),
 ]
-
-
-def test_the_parser_default_thresholds_are_the_configs() -> None:
-    # The parser spells them out (config imports torch); they must not drift apart.
-    run = typer.main.get_command(app).commands["run"]
-    parsed = next(p.default for p in run.params if p.name == "thresholds")
-    assert ",".join(str(t) for t in DEFAULT_THRESHOLDS) == parsed
 
 
 def test_the_table_is_large_and_covers_every_command() -> None:

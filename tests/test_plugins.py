@@ -49,6 +49,18 @@ def test_an_outside_scorer_and_engine_run_through_stepprune_run(
     assert json.loads((out / "config.json").read_text())["config"]["engine"] == "scripted"
 
 
+def test_run_help_lists_the_registered_plugins_with_their_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STEPPRUNE_PLUGINS", PLUGIN_MODULES)
+    monkeypatch.setenv("COLUMNS", "400")  # one help line per option
+    result = CliRunner().invoke(app, ["run", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "last-step[:weight=..]" in result.output
+    assert "scripted | vllm[:tp=..,gpu_memory=..]" in result.output
+    assert "kv[:positions=original|rerotate]" in result.output
+
+
 def test_an_unknown_plugin_module_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STEPPRUNE_PLUGINS", "tests.plugins.no_such_module")
     result = CliRunner().invoke(app, ["plugins"])

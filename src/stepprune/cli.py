@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from stepprune.bench import KV_MIN_TOKENS, SCORING_MIN_TOKENS
 from stepprune.cli_errors import OneLineErrors, user_errors
@@ -84,7 +85,22 @@ def main() -> None:
         load_plugins()
 
 
-@app.command()
+class PluginHelp(TyperCommand):
+    """``run --help`` with the spec options' choices generated from the registries, read
+    when the help is shown (importing the plug-ins loads torch, which parsing must not)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from stepprune.config import ENGINES, MODES, POLICIES, SCORERS
+
+        registries = {"scorer": SCORERS, "policy": POLICIES, "mode": MODES, "engine": ENGINES}
+        for param in self.params:
+            if param.name in registries:  # options only: run has no such argument
+                registered = f" Registered: {registries[param.name].help()}."
+                param.help = (param.help or "").split(" Registered: ")[0] + registered
+        super().format_help(ctx, formatter)
+
+
+@app.command(cls=PluginHelp)
 def run(
     model: ModelOpt = "bundled",
     dataset: DatasetOpt = "planted",
@@ -92,8 +108,12 @@ def run(
     limit: Annotated[int | None, typer.Option(help="Only the first N problems.")] = None,
     samples: Annotated[int, typer.Option(help="Samples (traces) per problem.")] = 1,
     thresholds: Annotated[
-        str, typer.Option(help="Pruning thresholds (percentiles as fractions), comma-separated.")
-    ] = "0.0,0.1,0.2,0.3,0.4,0.5",
+        str | None,
+        typer.Option(
+            help="Pruning thresholds (percentiles as fractions), comma-separated "
+            "(default: 0 to 0.5 in steps of 0.1)."
+        ),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Token budget of each trace.")] = 32768,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.6,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 0.95,
@@ -131,7 +151,10 @@ def run(
     settings = dict(locals())
     console = Console(stderr=True)
     with user_errors():
-        settings["thresholds"] = _parse_thresholds(thresholds)
+        if thresholds is None:
+            del settings["thresholds"]  # the config's default
+        else:
+            settings["thresholds"] = _parse_thresholds(thresholds)
         settings.update(data_dir=str(data_dir) if data_dir else None, out=str(out) if out else None)
         from stepprune.config import RunConfig  # torch, transformers: after the parser
 

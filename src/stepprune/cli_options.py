@@ -1,9 +1,10 @@
 """CLI options declared once and shared by every command (as lighteval's ``cli_args``).
 
 Each alias is an ``Annotated`` type for a typer parameter: ``model: ModelOpt = "bundled"``.
-The plug-in specs (``--scorer``, ``--policy``, ``--mode``, ``--engine``) are listed with their
-options by ``stepprune plugins``, generated from the registries (importing them loads torch,
-which the parser must not wait for).
+The plug-in specs (``--scorer``, ``--policy``, ``--mode``, ``--engine``) get the list of
+registered plug-ins in ``run --help`` (``cli.PluginHelp``) and in ``stepprune plugins``, both
+generated from the registries when shown (importing them loads torch, which the parser must
+not wait for).
 """
 
 from __future__ import annotations
