@@ -18,6 +18,8 @@ depend on which worker made them or how many there are.
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import subprocess
 import sys
 from collections import deque
@@ -100,24 +102,22 @@ class RayPool:
                 "--workers and --ray-address need Ray: pip install 'stepprune[ray]'"
             ) from error
         self.ray = ray
-        if not address:  # token authentication is for clusters reached over a network
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        self._saved_env: dict[str, str | None] = {}
         # Ray runs workers at nice 15 by default: beside any other job they would starve, and
         # here they do all the work while the driver waits.
-        os.environ.setdefault("RAY_worker_niceness", "0")
+        niceness = os.environ.get("RAY_worker_niceness", "0")  # noqa: SIM112 (Ray's name)
+        self._set_env("RAY_worker_niceness", niceness)
         self.started_here = not ray.is_initialized()
         # A local instance must not outlive a killed run, even one killed while the workers
         # load: Ray's agents survive SIGKILL of the driver (seen: DashboardAgent,
         # RuntimeEnvAgent), so a reaper that dies with this process kills all it started.
-        self.reaper = _start_reaper() if self.started_here and not address else None
-        if self.started_here:
-            options: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
-            if address:
-                options["address"] = address
-            else:
-                # The driver only writes; the workers need the cores.
-                options["num_cpus"] = max(workers, os.cpu_count() or 1)
-            ray.init(**options)
+        self.reaper = None
+        try:
+            if self.started_here:
+                ray.init(**self._init_options(workers, address))
+        except BaseException:
+            self.close()
+            raise
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         on_gpus = gpus >= 1 and config.model.device in ("auto", "cuda")
@@ -126,7 +126,13 @@ class RayPool:
             raise ValueError(
                 f"--workers {workers}: each worker takes one GPU and the Ray cluster has {gpus}"
             )
-        threads = max(1, int(resources.get("CPU", 1)) // workers)
+        cpus = int(resources.get("CPU", 0))
+        if not on_gpus and workers > cpus:  # each actor takes a CPU: the rest would wait forever
+            self.close()
+            raise ValueError(
+                f"--workers {workers}: each worker takes one CPU and the Ray cluster has {cpus}"
+            )
+        threads = max(1, cpus // workers)
         actor_class = ray.remote(num_gpus=1 if on_gpus else 0, num_cpus=0 if on_gpus else 1)(
             _RunnerActor
         )
@@ -139,6 +145,42 @@ class RayPool:
             self.close()
             raise
         self.pool = ActorPool(self.actors)
+
+    def _init_options(self, workers: int, address: str | None) -> dict[str, Any]:
+        """``ray.init``'s options: the cluster at ``address`` (seen listening), or a new local
+        instance closed to the network, with a reaper."""
+        options: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
+        if address:
+            options["address"] = _reachable(address)
+        else:
+            # The driver only writes; the workers need the cores.
+            options["num_cpus"] = max(workers, os.cpu_count() or 1)
+            options["address"] = self._local_instance()
+            self.reaper = _start_reaper()
+        return options
+
+    def _set_env(self, name: str, value: str) -> None:
+        """Set an environment variable for Ray (read by ``ray.init`` and inherited by the
+        processes it starts); ``close`` puts the old value back."""
+        self._saved_env.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
+
+    def _local_instance(self) -> str:
+        """Prepare a local Ray instance closed to the network; returns the ``address`` that
+        makes ``ray.init`` start a new one.
+
+        Ray's GCS, raylet and workers listen on every interface whatever address they are
+        given, so anyone who reaches the machine could submit code to them. Token
+        authentication turned on with a token made for this run, and known only to the
+        processes it starts (through their environment, never written to ``~/.ray``), makes
+        them refuse every other client. ``"local"`` starts a new instance even where another
+        one runs on the machine or a crashed one left its address behind, and ignores
+        ``RAY_ADDRESS``.
+        """
+        self._set_env("RAY_AUTH_MODE", "token")
+        self._set_env("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        _reload_ray_config()
+        return "local"
 
     @property
     def size(self) -> int:
@@ -180,6 +222,14 @@ class RayPool:
             self.reaper.kill()  # SIGKILL: the reaper's own handler does not run
             self.reaper.wait()
             self.reaper = None
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if "RAY_AUTH_TOKEN" in self._saved_env:
+            _reload_ray_config()
+        self._saved_env = {}
 
 
 # Runs as ``python -c PARENT_PID``. While the parent lives it notes, every half second, every
@@ -217,12 +267,56 @@ def reap(*_):
                 pass
     os._exit(0)
 signal.signal(signal.SIGTERM, reap)
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
 ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)
 while os.getppid() == parent:
     scan()
     time.sleep(0.5)
 reap()
 """
+
+
+def _reload_ray_config() -> None:
+    """Make this process's Ray see the authentication settings of its environment now: Ray
+    reads them once, when it is imported (Ray's own ``_enable_token_auth`` does the same)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token authentication reads nothing more
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _reachable(address: str) -> str:
+    """``address`` (``HOST:PORT`` or ``auto``) once something is seen listening there: Ray
+    itself would wait many minutes for a cluster that is not there.
+
+    Raises:
+        ValueError: a ``ray://`` address (Ray Client: not supported), no cluster found for
+            ``auto``, or nothing listening at the address (one line each).
+    """
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if address.startswith("ray://"):
+        raise ValueError(
+            f"--ray-address {address}: Ray Client (ray://) addresses are not supported; give "
+            "the cluster's GCS address HOST:PORT (as `ray start --head` prints it) or auto"
+        )
+    try:
+        found = canonicalize_bootstrap_address(address)
+    except (ValueError, ConnectionError) as error:
+        raise ValueError(f"--ray-address {address}: {error}") from None
+    if not found:
+        raise ValueError(f"--ray-address {address}: no running Ray cluster found on this machine")
+    host, _, port = found.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise ValueError(
+            f"--ray-address {address}: no Ray cluster answers at {found} ({reason or 'timed out'})"
+        ) from None
+    return address
 
 
 def _start_reaper() -> subprocess.Popen | None:

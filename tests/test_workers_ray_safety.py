@@ -1,0 +1,173 @@
+"""A local Ray instance (`--workers N` without `--ray-address`) is the run's own and closed to
+the network: a new instance even beside a stale one, clients without the run's token refused;
+a `--ray-address` where nothing listens, or more workers than a cluster's CPUs, fail at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.extras import require_ray
+from tests.processes import cmdline, descendants, kill_all, stop, wait_for
+
+PROBLEMS = [f"What is {a} + {2 * a + 1}?" for a in range(1, 4)]
+
+
+def _dataset(path: Path) -> Path:
+    rows = [{"id": f"q{i}", "problem": p, "answer": str(3 * i + 2)} for i, p in enumerate(PROBLEMS)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _command(model: Path, dataset: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "stepprune", "run", "--model", str(model), "--dataset",
+        str(dataset), "--max-new-tokens", "24", "--answer-max-tokens", "6", "--thresholds",
+        "0,0.5", "--device", "cpu", "--no-control", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int, int]]:
+    """(local address, port, pid) of every listening TCP socket of ``pids`` (``ss -ltnp``)."""
+    found = []
+    text = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+    for line in text.splitlines():
+        fields = line.split()
+        local = fields[3]
+        for pid in map(int, re.findall(r"pid=(\d+)", line)):
+            if pid in pids:
+                host, _, port = local.rpartition(":")
+                found.append((host, int(port), pid))
+    return found
+
+
+def _loopback(host: str) -> bool:
+    return host.strip("[]").split("%")[0] in ("127.0.0.1", "::1", "localhost") or host.startswith(
+        "127."
+    )
+
+
+def _reach(host: str) -> str:
+    """An address that reaches a socket listening on ``host``."""
+    return "127.0.0.1" if host in ("*", "0.0.0.0", "[::]") else host.strip("[]")
+
+
+def _tokenless_client(port: int, home: Path) -> subprocess.CompletedProcess:
+    """A Ray client with no token (none in its environment or home) asks the GCS at ``port``
+    for the cluster's nodes."""
+    code = (
+        "import sys\nfrom ray._raylet import GcsClient\n"
+        f"nodes = GcsClient(address='127.0.0.1:{port}').get_all_node_info(timeout=20)\n"
+        "print('ACCEPTED', len(nodes))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_AUTH_MODE="disabled")
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.mark.slow
+def test_local_ray_is_a_new_instance_closed_to_the_network(tiny_r1_dir, tmp_path) -> None:
+    """Beside a stale `ray_current_cluster` and a `RAY_ADDRESS` of a cluster that is gone, with
+    the user's `RAY_AUTH_MODE=disabled`: the run starts its own instance, every listening
+    socket of its Ray processes is on loopback or refuses a client without the run's token,
+    and the run finishes."""
+    require_ray()
+    # A short temp dir: Ray's socket paths must fit in 107 bytes.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    (ray_tmp / "ray_current_cluster").write_text("127.0.0.1:1\n")  # left by a crashed instance
+    dataset, out = _dataset(tmp_path / "q.jsonl"), tmp_path / "run"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "RAY_TMPDIR": str(ray_tmp),
+        "RAY_ADDRESS": "127.0.0.1:1",
+        "RAY_AUTH_MODE": "disabled",
+        "HOME": str(tmp_path),
+    }
+    command = _command(tiny_r1_dir, dataset, out, "--workers", "2")
+    with (tmp_path / "log").open("wb") as log:
+        run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    below = []
+    try:
+        actors = lambda: [p for p in descendants(run.pid) if "RunnerActor" in cmdline(p[0])]  # noqa: E731
+        assert wait_for(lambda: len(actors()) == 2 or run.poll() is not None, timeout=600)
+        assert run.poll() is None, (tmp_path / "log").read_text()[-3000:]
+        below = descendants(run.pid)
+        pids = {p[0] for p in below} | {run.pid}
+        sockets = _listening(pids)
+        gcs = [port for host, port, pid in sockets if "gcs_server" in cmdline(pid)]
+        assert gcs, sockets
+        exposed = [(h, port, cmdline(pid)[:60]) for h, port, pid in sockets if not _loopback(h)]
+        if exposed:  # Ray cannot bind to loopback: its token must keep other clients out
+            client = _tokenless_client(gcs[0], tmp_path)
+            assert "ACCEPTED" not in client.stdout, client.stdout
+            assert "Authentication" in client.stdout + client.stderr, client.stderr[-2000:]
+            http = [(h, port) for h, port, pid in sockets if "RuntimeEnvAgent" in cmdline(pid)]
+            for host, port in http:  # its HTTP server too (the other servers are gRPC, as the GCS)
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(
+                        f"http://{_reach(host)}:{port}/get_or_create_runtime_env", b"x", timeout=20
+                    )
+                assert refused.value.code in (401, 403)
+        assert run.wait(timeout=900) == 0, (tmp_path / "log").read_text()[-3000:]
+    finally:
+        stop(run)
+        kill_all(below)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not (tmp_path / ".ray" / "auth_token").exists()  # the token was never written
+    assert len((out / "records.jsonl").read_text().splitlines()) == len(PROBLEMS) * 2
+
+
+def test_ray_address_where_nothing_listens_fails_at_once(tiny_r1_dir, tmp_path) -> None:
+    require_ray()
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dataset = _dataset(tmp_path / "q.jsonl")
+    started = time.monotonic()
+    for address in (f"127.0.0.1:{port}", "ray://127.0.0.1:10001"):
+        command = _command(tiny_r1_dir, dataset, tmp_path / "run", "--ray-address", address)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 2, result.stderr[-2000:]
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --ray-address"), result.stderr
+    assert time.monotonic() - started < 240
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_more_workers_than_the_clusters_cpus_are_refused(monkeypatch) -> None:
+    """On a CPU-only cluster each worker takes one CPU: a third worker on two CPUs would wait
+    for ever, so the pool refuses it before starting any actor."""
+    require_ray()
+    import ray
+
+    from stepprune.config import RunConfig
+    from stepprune.workers import RayPool, _reload_ray_config
+
+    config = RunConfig.from_flat(device="cpu", workers=3)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # a token of its own, never written to ~/.ray
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t" * 32)
+    _reload_ray_config()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with pytest.raises(ValueError, match=r"--workers 3: each worker takes one CPU.* has 2"):
+            RayPool(config, config.plan(), 3)
+    finally:
+        ray.shutdown()
+        monkeypatch.undo()
+        _reload_ray_config()
