@@ -186,6 +186,7 @@ def test_complete_last_line_without_newline_gets_one(tmp_path: Path) -> None:
 
 
 def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    _open(tmp_path).close()
     (tmp_path / TRACES_FILE).write_text('{"broken\n{"also": 1}\n')
     with pytest.raises(RunFolderError, match=r"traces.jsonl: line 1: invalid JSON"):
         RunFolder(tmp_path, IDENTITY, {})
@@ -205,6 +206,7 @@ def test_json_row_that_is_not_a_record_names_its_line(tmp_path: Path) -> None:
 
 
 def test_non_utf8_bytes_name_the_line(tmp_path: Path) -> None:
+    _open(tmp_path).close()
     (tmp_path / TRACES_FILE).write_bytes(b'{"a": 1}\n{"b": "\xff"}\n')
     with pytest.raises(RunFolderError, match=r"traces.jsonl: line 2: not UTF-8"):
         RunFolder(tmp_path, IDENTITY, {})

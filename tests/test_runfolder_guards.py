@@ -217,8 +217,14 @@ def test_a_failed_start_does_not_poison_the_folder(tiny_r1_dir: Path, tmp_path: 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--mode", "online", "--interval", "-1"], "--interval must be >= 0, got -1"),
-        (["--mode", "online", "--budget", "-5"], "--budget must be >= 1, got -5"),
+        (
+            ["--mode", "online", "--interval", "-1"],
+            "--interval -1: mode 'online:interval=-1': interval=-1 is outside the allowed range",
+        ),
+        (
+            ["--mode", "online", "--budget", "-5"],
+            "--budget -5: mode 'online:budget=-5': budget=-5 is outside the allowed range",
+        ),
         (["--interval", "-1"], "--interval"),
         (["--scorer", "attention:layers=99"], "layers [99] outside 0..2"),
         (["--scorer", "attention:layers=0+3"], "layers [3] outside 0..2 (the model has 3 layers)"),

@@ -119,6 +119,12 @@ class Experiment:
                     f"{folder.out}: problem {problem_id!r} differs from the one its traces were "
                     "made from (the dataset changed); use another --out"
                 )
+            if problem is not None and trace.gold is not None and trace.gold != problem.answer:
+                raise RunFolderError(
+                    f"{folder.out}: the answer of problem {problem_id!r} is now "
+                    f"{problem.answer!r}, its traces were graded on {trace.gold!r} (the dataset "
+                    "changed); use another --out"
+                )
         for record in folder.records.values():
             problem = problems.get(record.problem_id)
             if problem is not None and record.gold != problem.answer:
@@ -251,7 +257,9 @@ class Experiment:
         with self._progress() as progress:
             if untraced:
                 task = progress.add_task("tracing", total=len(untraced))
+                golds = {p.id: p.answer for p, _ in untraced}
                 for trace in stages.traces(untraced):
+                    trace.gold = golds[trace.problem_id]  # what original_correct was graded on
                     folder.add_trace(trace)
                     progress.advance(task)
             task = progress.add_task("re-evaluating", total=len(unfinished))

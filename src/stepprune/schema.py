@@ -132,6 +132,9 @@ class Trace(JsonMixin):
     original_correct: bool | None = None
     # The problem statement, so that a run folder is readable without its dataset.
     problem: str = ""
+    # The reference answer ``original_correct`` was graded against (None: written before 0.3):
+    # a dataset whose answer changed since is refused on resume.
+    gold: str | None = None
 
     @property
     def all_ids(self) -> list[int]:

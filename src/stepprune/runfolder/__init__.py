@@ -45,6 +45,7 @@ from stepprune.runfolder.names import (
     record_file,
     record_key,
     records_file,
+    run_file_in_the_way,
     threshold_key,
 )
 from stepprune.runfolder.reader import Run, adapt_controls, load_run
@@ -82,6 +83,7 @@ __all__ = [
     "record_file",
     "record_key",
     "records_file",
+    "run_file_in_the_way",
     "threshold_key",
     "write_atomic",
 ]

@@ -7,6 +7,8 @@ reader, which adapts folders written before the field existed (``reader.adapt_co
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from stepprune.schema import Record
 
 CONFIG_FILE = "config.json"
@@ -92,3 +94,13 @@ def records_file(scorer: str) -> str:
     """The file for records named ``scorer``, from the name alone: kept for hand-written
     folders (tests/run_fixture.py); the writer uses ``record_file``."""
     return CONTROLS_FILE if is_control_spec(scorer) else RECORDS_FILE
+
+
+def run_file_in_the_way(path: Path | str) -> Path | None:
+    """The run folder whose own file ``path`` is (followed through links), if it is one: a
+    command's output written there would destroy the run (``show --html``, ``calibrate
+    --out``)."""
+    resolved = Path(path).resolve()
+    if resolved.name in RUN_FILES and (resolved.parent / CONFIG_FILE).is_file():
+        return resolved.parent
+    return None

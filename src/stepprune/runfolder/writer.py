@@ -41,9 +41,12 @@ class RunFolder:
     is written, so results of different experiments never mix; settings outside it
     (thresholds, samples, limit, scorer) may change. While open, the folder is locked with
     ``flock`` on ``.lock``: a second run is refused, and the kernel drops the lock of a killed one.
+    ``option`` names the folder in errors (``--run`` for ``bench scorers --run``).
     """
 
-    def __init__(self, out: Path, identity: dict[str, Any], config: dict[str, Any]) -> None:
+    def __init__(
+        self, out: Path, identity: dict[str, Any], config: dict[str, Any], option: str = "--out"
+    ) -> None:
         self.out = Path(out)
         self._identity, self._config = identity, config
         if self.out.exists() and not self.out.is_dir():
@@ -56,12 +59,24 @@ class RunFolder:
                     f"--out {self.out}: not a run folder (it holds {', '.join(other[:3])}"
                     f"{', ...' if len(other) > 3 else ''}); use a new or empty folder"
                 )
+            # config.json is written before the first trace: results without it were made
+            # under settings nobody can tell, and taking them over would mislabel them.
+            orphans = [
+                name
+                for name in (TRACES_FILE, RECORDS_FILE, CONTROLS_FILE, SCORES_FILE)
+                if (self.out / name).is_file() and (self.out / name).stat().st_size
+            ]
+            if orphans:
+                raise RunFolderError(
+                    f"--out {self.out}: holds {', '.join(orphans)} but no {CONFIG_FILE}, so "
+                    "the settings they were made with are unknown; use another --out"
+                )
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             self._lock = (self.out / LOCK_FILE).open("a")
         except OSError as error:
             raise RunFolderError(
-                f"--out {self.out}: cannot write there ({error.strerror})"
+                f"{option} {self.out}: cannot write there ({error.strerror})"
             ) from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -70,6 +85,9 @@ class RunFolder:
             raise RunFolderError(
                 f"--out {self.out}: another stepprune run is writing this folder; wait for it "
                 "or use another --out"
+                if option == "--out"
+                else f"{option} {self.out}: a stepprune command (a run or a bench) is writing "
+                "this folder; wait for it to finish"
             ) from None
         try:
             self._open(identity)

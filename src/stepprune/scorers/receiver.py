@@ -151,10 +151,16 @@ def calibrate_run(
     sink handling, aggregation and layers the calibration uses (its ``heads`` is ignored)."""
     from stepprune.models import load_model
     from stepprune.registry import SpecError
-    from stepprune.runfolder import load_run
+    from stepprune.runfolder import load_run, run_file_in_the_way
     from stepprune.scorers.attention import AttentionScorer
     from stepprune.scorers.base import SCORERS
 
+    # --out is checked first, before the model is loaded and the heads are measured.
+    if Path(out).is_dir():
+        raise ValueError(f"--out {out}: is a folder; give a file name such as {out}/heads.json")
+    run_folder = run_file_in_the_way(out)
+    if run_folder is not None:
+        raise ValueError(f"--out {out}: is a file of the run folder {run_folder}; not overwritten")
     attention = SCORERS.build(scorer)
     if not isinstance(attention, AttentionScorer):
         raise SpecError(f"--scorer {scorer!r}: calibration measures an attention scorer's heads")
