@@ -241,11 +241,18 @@ def test_default_scorers_build_and_cover_every_family() -> None:
         "length",
         "position",
         "uniform",
+        "form",
     }
     # Every registered scorer is in the default list except resampling (it samples answers).
     assert set(SCORERS.names) - names == {"resampling"}
     queries = {b.query for b in built if b.spec.startswith("attention")}
-    assert queries == {"last", "answer", "probe"}
+    assert queries == {"last", "reasoning_end", "answer", "probe"}
+    # Oracles: what reads the reference answer, or the teacher-forced answer section.
+    oracles = {b.spec.split(":")[0] for b in built if b.oracle_on_teacher_forced}
+    assert oracles == {"ablation", "forced-answer", "attention", "mix"}
+    assert not SCORERS.build("attention:query=reasoning_end").oracle_on_teacher_forced
+    assert not SCORERS.build("attention:query=probe").oracle_on_teacher_forced
+    assert SCORERS.build("attention:query=answer").oracle_on_teacher_forced
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -267,6 +274,7 @@ def test_to_json_keys() -> None:
     data = _result("attention:query=last,layers=all,agg=sum", 0.7).to_json()
     assert list(data) == [
         "scorer",
+        "oracle",
         "auroc",
         "ci95",
         "recovery",
@@ -287,4 +295,9 @@ def test_results_table_markdown() -> None:
     assert lines[1].count("|") == lines[0].count("|")
     assert lines[2] == "| `length` | 0.500 | [0.400, 0.600] | +0.000 | +0.100 | 100% | 50% |"
     assert lines[3].startswith("| `ablation` | 0.900 | [0.800, 1.000] | +0.400 | +0.500 |")
-    assert "30 planted traces" in table
+    assert "30 planted traces" in table and "(oracle)" not in table
+    oracle = _result("ablation", 0.9)
+    oracle.oracle = True
+    table = results_table_markdown([oracle])
+    assert table.splitlines()[2].startswith("| `ablation` (oracle) | 0.900 |")
+    assert "reads the reference answer" in table

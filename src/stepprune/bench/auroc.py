@@ -127,3 +127,29 @@ def auroc_bootstrap_ci(
     if not estimates:
         return (math.nan, math.nan)
     return percentile_interval(estimates, level)
+
+
+# -- statistics of `bench scorers --run` --------------------------------------------------------
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation of two score lists (ties share their mean rank); NaN when
+    there are fewer than two values or either list is constant."""
+    if len(a) != len(b):
+        raise ValueError(f"spearman: {len(a)} values against {len(b)}")
+    if len(a) < 2:
+        return math.nan
+    x = average_ranks(np.asarray(a, dtype=float))
+    y = average_ranks(np.asarray(b, dtype=float))
+    x, y = x - x.mean(), y - y.mean()
+    norm = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum()) / norm if norm > 0 else math.nan
+
+
+def per_problem_mean(values: dict[tuple[str, int], float]) -> dict[str, float]:
+    """Mean over the samples of each problem, ignoring NaN; problems with none finite dropped."""
+    grouped: dict[str, list[float]] = {}
+    for (problem_id, _), value in values.items():
+        if not math.isnan(value):
+            grouped.setdefault(problem_id, []).append(value)
+    return {pid: float(np.mean(v)) for pid, v in grouped.items()}

@@ -32,7 +32,7 @@ import numpy as np
 from rich.console import Console
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from stepprune.bench.auroc import average_ranks
+from stepprune.bench.auroc import per_problem_mean, spearman
 from stepprune.bench.scorers import DEFAULT_SCORERS
 from stepprune.grading import Grader
 from stepprune.modes import Pruning, TextMode
@@ -66,32 +66,6 @@ SCORES_KIND, ANSWER_KIND = "scores", "answer"
 TraceKey = tuple[str, int]
 
 
-# -- statistics ---------------------------------------------------------------------------------
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation of two score lists (ties share their mean rank); NaN when
-    there are fewer than two values or either list is constant."""
-    if len(a) != len(b):
-        raise ValueError(f"spearman: {len(a)} values against {len(b)}")
-    if len(a) < 2:
-        return math.nan
-    x = average_ranks(np.asarray(a, dtype=float))
-    y = average_ranks(np.asarray(b, dtype=float))
-    x, y = x - x.mean(), y - y.mean()
-    norm = math.sqrt(float((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum()) / norm if norm > 0 else math.nan
-
-
-def per_problem_mean(values: dict[TraceKey, float]) -> dict[str, float]:
-    """Mean over the samples of each problem, ignoring NaN; problems with none finite dropped."""
-    grouped: dict[str, list[float]] = {}
-    for (problem_id, _), value in values.items():
-        if not math.isnan(value):
-            grouped.setdefault(problem_id, []).append(value)
-    return {pid: float(np.mean(v)) for pid, v in grouped.items()}
-
-
 # -- results ------------------------------------------------------------------------------------
 
 
@@ -103,7 +77,9 @@ def _finite_or_none(value: float) -> float | None:
 class RunScorerResult:
     """One scorer on a run folder: mean Spearman with ablation (over problems, NaN if none has
     a correlation), its 95% interval, recovery per threshold key, and how many problems and
-    traces the correlation is over."""
+    traces the correlation is over. ``oracle``: the scorer reads the reference answer
+    (``reads_gold``); on a run's generated traces the answer section is the model's own, so
+    ``attention:query=last|answer`` are not oracles here."""
 
     scorer: str
     spearman: float
@@ -111,10 +87,12 @@ class RunScorerResult:
     recovery: dict[str, float]
     n_problems: int = 0
     n_traces: int = 0
+    oracle: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
             "scorer": self.scorer,
+            "oracle": self.oracle,
             # null, not NaN (which is not JSON), when no trace has a correlation.
             "spearman": _finite_or_none(self.spearman),
             "ci95": [_finite_or_none(self.ci95[0]), _finite_or_none(self.ci95[1])],
@@ -172,12 +150,8 @@ class BenchCache:
                     key = (str(row["problem_id"]), int(row["sample"]), str(row["scorer"]))
                     self.scores[key] = [float(x) for x in row["importances"]]
                 elif row["kind"] == ANSWER_KIND:
-                    akey = (
-                        str(row["problem_id"]),
-                        int(row["sample"]),
-                        str(row["keep"]),
-                        int(row["answer_max_tokens"]),
-                    )
+                    pid, sample, keep = str(row["problem_id"]), int(row["sample"]), str(row["keep"])
+                    akey = (pid, sample, keep, int(row["answer_max_tokens"]))
                     self.answers[akey] = bool(row["correct"])
             except (KeyError, TypeError, ValueError) as error:
                 raise RunFolderError(
@@ -280,9 +254,10 @@ def _answer_trace(
 ) -> None:
     """Answer (text mode) and grade every keep mask of a trace not answered yet; append."""
     pid, sample = trace.problem_id, trace.sample
+    known = cache.answers
     missing = list(
         dict.fromkeys(
-            m for m in masks if (pid, sample, mask_key(m), answer_max_tokens) not in cache.answers
+            m for m in masks if (pid, sample, mask_key(m), answer_max_tokens) not in known
         )
     )
     if not missing:
@@ -309,13 +284,9 @@ def _answer_trace(
     cache.append(rows)
 
 
-def _recovery(
-    correct: dict[str, list[list[bool]]], spec: str, thresholds: Sequence[float]
-) -> dict[str, float]:
+def _recovery(correct: dict[str, list[list[bool]]], spec: str, ts: Sequence[float]) -> dict:
     rows = correct[spec]
-    return {
-        threshold_key(t): sum(row[j] for row in rows) / len(rows) for j, t in enumerate(thresholds)
-    }
+    return {threshold_key(t): sum(row[j] for row in rows) / len(rows) for j, t in enumerate(ts)}
 
 
 def run_scorers_benchmark(
@@ -424,6 +395,7 @@ def run_scorers_benchmark(
                 recovery=_recovery(correct, scorer.spec, thresholds),
                 n_problems=len(per_problem),
                 n_traces=sum(not math.isnan(v) for v in rho[scorer.spec].values()),
+                oracle=scorer.reads_gold,
             )
         )
     return RunBenchResult(
@@ -446,6 +418,10 @@ def _number(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
+def _label(result: RunScorerResult) -> str:
+    return f"`{result.scorer}`" + (" (oracle)" if result.oracle else "")
+
+
 def run_results_markdown(result: RunBenchResult) -> str:
     """A Markdown table: scorer, Spearman with ablation, 95% CI, recovery at each threshold;
     the random control's recovery as the last row."""
@@ -462,7 +438,7 @@ def run_results_markdown(result: RunBenchResult) -> str:
     for r in result.scorers:
         ci = f"[{_number(r.ci95[0])}, {_number(r.ci95[1])}]"
         lines.append(
-            "| " + " | ".join([f"`{r.scorer}`", _number(r.spearman), ci, *pct(r.recovery)]) + " |"
+            "| " + " | ".join([_label(r), _number(r.spearman), ci, *pct(r.recovery)]) + " |"
         )
     control = [f"`{result.control}` (control)", "", "", *pct(result.control_recovery)]
     lines.append("| " + " | ".join(control) + " |")

@@ -34,7 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from stepprune.bench.auroc import auroc, auroc_bootstrap_ci
 from stepprune.grading import Grader
 from stepprune.modes import Pruning, TextMode
-from stepprune.planted import CAUSAL, DEFAULT_VARIANT, SEMANTIC, generate_variant
+from stepprune.planted import CAUSAL, MATCHED, SEMANTIC, generate_variant
 from stepprune.policies import POLICIES
 from stepprune.runfolder import threshold_key
 from stepprune.schema import Problem, Trace
@@ -55,8 +55,10 @@ DEFAULT_SCORERS: tuple[str, ...] = (
     "attention:heads=max",
     "attention:heads=receiver",
     "attention:sink=exclude",
+    "attention:query=reasoning_end",
     "attention:query=answer",
     "attention:query=probe",
+    "attention:query=probe,probe_tokens=all",
     "attention:query=probe,agg=mean",
     "entropy",
     "entropy:agg=mean",
@@ -68,6 +70,7 @@ DEFAULT_SCORERS: tuple[str, ...] = (
     "length",
     "position",
     "uniform",
+    "form",
 )
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 DEFAULT_PROBLEMS = 30
@@ -76,7 +79,15 @@ DEFAULT_PROBLEMS = 30
 DEFAULT_ANSWER_MAX_TOKENS = 16
 # The causal set's answer is a list of up to four two-digit numbers ("16, 36, 13, 48}"): about
 # twice as many tokens.
-ANSWER_MAX_TOKENS = {SEMANTIC: DEFAULT_ANSWER_MAX_TOKENS, CAUSAL: 2 * DEFAULT_ANSWER_MAX_TOKENS}
+# The matched set's answer is a list of two or three of them.
+ANSWER_MAX_TOKENS = {
+    SEMANTIC: DEFAULT_ANSWER_MAX_TOKENS,
+    CAUSAL: 2 * DEFAULT_ANSWER_MAX_TOKENS,
+    MATCHED: 2 * DEFAULT_ANSWER_MAX_TOKENS,
+}
+# The benchmark's ground truth by default: the form-matched set, whose labels neither the form
+# of a step (its numbers and ``=`` signs), its length nor its position predicts.
+DEFAULT_BENCH_VARIANT = MATCHED
 LENGTH_BASELINE = "length"
 POSITION_BASELINE = "position"
 PRUNING_POLICY = "percentile"
@@ -89,8 +100,11 @@ class ScorerResult:
     ``recovery`` maps a threshold key (``"0.0"``, ``"0.1"``, ...) to the fraction of traces whose
     re-evaluated answer is correct at that threshold. ``lift_over_length``/``_position`` are this
     scorer's AUROC minus the AUROC of the length/position baseline on the same traces.
-    ``n_traces`` and ``n_skipped`` (traces used, and left out because segmentation did not find
-    one step per label) describe the run and are not part of :meth:`to_json`.
+    ``oracle``: the scorer reads the reference answer (``reads_gold``: ablation, forced-answer,
+    attribution) or the teacher-forced answer section holding it (``attention:query=last`` and
+    ``query=answer``), so it is a reference, not comparable like for like with answer-free
+    scorers. ``n_traces`` and ``n_skipped`` (traces used, and left out because segmentation did
+    not find one step per label) describe the run and are not part of :meth:`to_json`.
     """
 
     scorer: str
@@ -99,6 +113,7 @@ class ScorerResult:
     recovery: dict[str, float]
     lift_over_length: float
     lift_over_position: float
+    oracle: bool = False
     n_traces: int = 0
     n_skipped: int = 0
 
@@ -106,6 +121,7 @@ class ScorerResult:
         """The JSON object of ``stepprune bench scorers --json`` for this scorer."""
         return {
             "scorer": self.scorer,
+            "oracle": self.oracle,
             "auroc": self.auroc,
             "ci95": [self.ci95[0], self.ci95[1]],
             "recovery": dict(self.recovery),
@@ -213,7 +229,7 @@ def run_scorer_benchmark(
     progress: bool = True,
     n_resamples: int = DEFAULT_RESAMPLES,
     console: Console | None = None,
-    planted: str = DEFAULT_VARIANT,
+    planted: str = DEFAULT_BENCH_VARIANT,
 ) -> list[ScorerResult]:
     """Run every scorer on ``n_problems`` planted problems; one result per spec, in order.
 
@@ -229,8 +245,8 @@ def run_scorer_benchmark(
         progress: Show a progress bar (on ``console``, stderr by default).
         n_resamples: Bootstrap resamples of the confidence interval.
         console: Where the progress bar and warnings go.
-        planted: The planted set's variant: ``semantic`` or ``causal``
-            (``stepprune.planted.PLANTED_VARIANTS``).
+        planted: The planted set's variant: ``matched`` (the default), ``causal`` or
+            ``semantic`` (``stepprune.planted.PLANTED_VARIANTS``).
 
     Scorers get the chat format and the problem's reference answer (``Session.score``), which
     the probe-query attention and the ablation scorers need.
@@ -309,6 +325,7 @@ def run_scorer_benchmark(
                 recovery=recovery,
                 lift_over_length=value - baseline_auroc[LENGTH_BASELINE],
                 lift_over_position=value - baseline_auroc[POSITION_BASELINE],
+                oracle=scorer.oracle_on_teacher_forced,
                 n_traces=len(items),
                 n_skipped=len(skipped),
             )
@@ -340,7 +357,7 @@ def results_table_markdown(results: Sequence[ScorerResult]) -> str:
     ]
     for r in results:
         row = [
-            f"`{r.scorer}`",
+            f"`{r.scorer}`" + (" (oracle)" if r.oracle else ""),
             _number(r.auroc),
             f"[{_number(r.ci95[0])}, {_number(r.ci95[1])}]",
             _number(r.lift_over_length, signed=True),
@@ -353,5 +370,8 @@ def results_table_markdown(results: Sequence[ScorerResult]) -> str:
         note = f"{first.n_traces} planted traces"
         if first.n_skipped:
             note += f" ({first.n_skipped} left out: segmentation did not match the labels)"
-        lines += ["", note + "; AUROC on within-trace ranks, CI by resampling traces."]
+        note += "; AUROC on within-trace ranks, CI by resampling traces"
+        if any(r.oracle for r in results):
+            note += "; (oracle): reads the reference answer, a reference only"
+        lines += ["", note + "."]
     return "\n".join(lines) + "\n"

@@ -34,11 +34,15 @@ where a planted step goes.
 That is the ``semantic`` variant: a step is necessary because the derivation needs it, yet a
 model re-answering from the trace needs only the last one. The ``causal`` variant
 (:mod:`stepprune.planted.causal`, ``generate_causal``) asks for every intermediate result, so
-each necessary step is needed by the answer itself; ``generate_variant`` picks one by name.
+each necessary step is needed by the answer itself; the ``matched`` variant
+(:mod:`stepprune.planted.matched`, ``generate_matched``) makes every planted step a distractor
+computation of the same form as the necessary ones, so that the form of a step (its numbers and
+``=`` signs) says nothing of its label; ``generate_variant`` picks one by name.
 """
 
 from stepprune.planted.causal import generate_causal
 from stepprune.planted.generate import DEFAULT_SIZE, PARAGRAPH_SEPARATOR, generate_planted
+from stepprune.planted.matched import generate_matched
 from stepprune.planted.planting import (
     FALSE_START,
     IRRELEVANT,
@@ -59,6 +63,7 @@ from stepprune.planted.scenarios import TEMPLATES
 from stepprune.planted.variants import (
     CAUSAL,
     DEFAULT_VARIANT,
+    MATCHED,
     PLANTED_VARIANTS,
     SEMANTIC,
     generate_variant,
@@ -72,6 +77,7 @@ __all__ = [
     "IRRELEVANT",
     "LEAD_INS",
     "LENGTH_TOLERANCE",
+    "MATCHED",
     "MIN_PARAGRAPH_CHARS",
     "NECESSARY",
     "NECESSARY_LEAD_IN_RATE",
@@ -87,6 +93,7 @@ __all__ = [
     "TEMPLATES",
     "approx_tokens",
     "generate_causal",
+    "generate_matched",
     "generate_planted",
     "generate_variant",
 ]

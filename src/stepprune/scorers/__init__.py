@@ -13,7 +13,8 @@ parentheses):
 - ``resampling[:k=K,seed=S,max_new_tokens=M,temperature=T]``: change of the sampled answers'
   distribution with the step (Thought Anchors);
 - ``mix:a=SPEC,b=SPEC,w=W``: ``W * a + (1 - W) * b``;
-- baselines ``random[:seed=N]``, ``length``, ``position``, ``uniform``.
+- baselines ``random[:seed=N]``, ``length``, ``position``, ``uniform``, ``form`` (numbers and
+  ``=`` signs in the step).
 
 Importing this package registers them all.
 """
@@ -21,7 +22,13 @@ Importing this package registers them all.
 from stepprune.scorers.ablation import AblationScorer
 from stepprune.scorers.attention import AttentionScorer
 from stepprune.scorers.base import SCORERS, Scorer, normalise
-from stepprune.scorers.baselines import LengthScorer, PositionScorer, RandomScorer, UniformScorer
+from stepprune.scorers.baselines import (
+    FormScorer,
+    LengthScorer,
+    PositionScorer,
+    RandomScorer,
+    UniformScorer,
+)
 from stepprune.scorers.entropy import EntropyScorer
 from stepprune.scorers.forced_answer import ForcedAnswerScorer
 from stepprune.scorers.mix import MixScorer
@@ -39,6 +46,7 @@ __all__ = [
     "AttentionScorer",
     "EntropyScorer",
     "ForcedAnswerScorer",
+    "FormScorer",
     "LengthScorer",
     "MixScorer",
     "PositionScorer",

@@ -2,10 +2,18 @@
 
 Spec options (``attention:query=probe,layers=first-half,heads=receiver,agg=mean,sink=exclude``):
 
-- ``query``: ``last`` (the last token of prompt + output: the original notebook's choice),
-  ``answer`` (every token from ``</think>`` to the end of the answer), or ``probe`` (Think
+- ``query``: ``last`` (the last token of prompt + output: the original notebook's choice; on
+  a finished trace that is the token *after the answer*, the end of sequence, so on a
+  teacher-forced trace it reads the reference answer: an oracle view), ``reasoning_end`` (the
+  ``</think>`` token of a thinking model, or the last reasoning token of a plain model or a
+  trace cut before ``</think>``: what TRAAC and Think Clearly read, and answer-free),
+  ``answer`` (every token from ``</think>`` to the end of the answer: the model's own answer on
+  a generated trace, the reference answer on a teacher-forced one), or ``probe`` (Think
   Clearly's "Time is up ..." instruction and the end-of-thinking cue, appended after the
   reasoning for this forward pass only, so the probe never enters any later context).
+- ``probe_tokens`` (``query=probe`` only): ``last`` (default, as Think Clearly: the
+  end-of-thinking token closing the probe, ``</think>`` for thinking models, else the probe's
+  final token) or ``all`` (the mean over every probe token: the behaviour before this option).
 - ``layers``: ``all``, ``first-half``, ``last-half``, or explicit indices ``0+3+7``.
 - ``heads``: ``mean``, ``max``, or ``receiver``: the ``receivers`` heads (default 8) whose
   attention over the steps is most concentrated (lowest entropy), chosen per trace; with
@@ -113,6 +121,16 @@ def cached_probe_mass(
     return capture.stacked().double().cpu()
 
 
+def reasoning_end_position(trace: Trace, fmt: ChatFormat) -> int:
+    """The ``</think>`` token of a thinking model's trace, else the last reasoning token (a
+    plain model, or a thinking trace that never closed its reasoning)."""
+    ids = trace.all_ids
+    end = trace.reasoning_end
+    if fmt.think_close_id is not None and end < len(ids) and ids[end] == fmt.think_close_id:
+        return end
+    return max(end - 1, 0)
+
+
 def select_receiver_heads(head_step_mass: torch.Tensor, k: int) -> list[tuple[int, int]]:
     """The ``k`` (layer, head) pairs whose attention over steps is most concentrated.
 
@@ -149,7 +167,8 @@ def _parse_layers(spec: str, num_layers: int) -> list[int]:
 class AttentionScorer(Scorer):
     """Attention paid by query tokens to each step; see the module docstring for options."""
 
-    query: Literal["last", "answer", "probe"] = "last"
+    query: Literal["last", "reasoning_end", "answer", "probe"] = "last"
+    probe_tokens: Literal["last", "all"] = "last"
     layers: str = "all"
     heads: Literal["mean", "max", "receiver"] = "mean"
     agg: Literal["sum", "mean"] = "sum"
@@ -188,7 +207,10 @@ class AttentionScorer(Scorer):
 
     @property
     def spec(self) -> str:
-        parts = [f"query={self.query}", f"layers={self.layers}", f"heads={self.heads}"]
+        parts = [f"query={self.query}"]
+        if self.query == "probe":
+            parts.append(f"probe_tokens={self.probe_tokens}")
+        parts += [f"layers={self.layers}", f"heads={self.heads}"]
         if self.calibration:
             parts.append(f"calibration={self.calibration}")
         elif self.heads == "receiver":
@@ -203,12 +225,28 @@ class AttentionScorer(Scorer):
         ids = trace.all_ids
         if self.query == "last":
             return ids, [len(ids) - 1]
+        if self.query == "reasoning_end":
+            return ids, [reasoning_end_position(trace, fmt)]
         if self.query == "answer":
             positions = list(range(trace.reasoning_end, len(ids)))
             return ids, positions or [len(ids) - 1]  # a truncated trace has no answer span
         probe = self.probe_ids(fmt)
         prefix = ids[: trace.reasoning_end]
-        return prefix + probe, list(range(len(prefix), len(prefix) + len(probe)))
+        return prefix + probe, [len(prefix) + i for i in self.probe_queries(probe, fmt)]
+
+    def probe_queries(self, probe: list[int], fmt: ChatFormat) -> list[int]:
+        """Offsets within ``probe`` that query: all of them, or the end-of-thinking token."""
+        if self.probe_tokens == "all":
+            return list(range(len(probe)))
+        if fmt.think_close_id is not None and fmt.think_close_id in probe:
+            return [len(probe) - 1 - probe[::-1].index(fmt.think_close_id)]
+        return [len(probe) - 1]
+
+    @property
+    def reads_answer_section(self) -> bool:
+        """Whether the query reads the answer section (``last``, ``answer``): the reference
+        answer on a teacher-forced trace, so an oracle there."""
+        return self.query in ("last", "answer")
 
     def step_mass(self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat) -> torch.Tensor:
         """Per-step attention ``(layers, heads, queries, steps)``, after sink handling and
@@ -300,7 +338,9 @@ class AttentionScorer(Scorer):
         """
         if self.online_problem():
             return super().score_cache(model, fmt, state, steps)
-        mass = cached_probe_mass(model, state, self.probe_ids(fmt), steps)[..., : len(steps)]
+        probe = self.probe_ids(fmt)
+        mass = cached_probe_mass(model, state, probe, steps)[..., : len(steps)]
+        mass = mass[:, :, self.probe_queries(probe, fmt)]
         if self.agg == "mean":
             mass = mass / torch.tensor([s.num_tokens for s in steps], dtype=mass.dtype)
         return self._reduce(mass)

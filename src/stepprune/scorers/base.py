@@ -32,6 +32,17 @@ class Scorer(Plugin, ABC):
     #: with answer-free scorers only as a reference.
     reads_gold: bool = False
 
+    @property
+    def reads_answer_section(self) -> bool:
+        """Whether the scorer reads the trace's answer section (after ``</think>``): the
+        reference answer on a teacher-forced trace, so an oracle there (``bench scorers``)."""
+        return False
+
+    @property
+    def oracle_on_teacher_forced(self) -> bool:
+        """Whether the scorer reads the reference answer on a teacher-forced trace."""
+        return self.reads_gold or self.reads_answer_section
+
     @abstractmethod
     def score(
         self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat, gold: str | None = None

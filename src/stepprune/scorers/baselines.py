@@ -1,7 +1,9 @@
-"""Baseline scorers that every attention variant must beat: random, length, position, uniform."""
+"""Baseline scorers that every attention variant must beat: random, length, position, uniform,
+and form (the count of numbers and ``=`` signs in a step: the surface cue of a calculation)."""
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -67,3 +69,19 @@ class UniformScorer(StepsOnly):
 
     def score_steps(self, steps: list[Step], key: str) -> list[float]:
         return normalise(np.ones(len(steps)))
+
+
+_NUMBER = re.compile(r"\d+")
+
+
+@SCORERS.register("form")
+@dataclass(frozen=True)
+class FormScorer(StepsOnly):
+    """Importance = the number of numbers (runs of digits) plus the number of ``=`` signs in
+    the step's text: what a step looks like, not what it does. On the causal planted set this
+    free regex ranks necessary steps above planted ones (AUROC about 0.95); a ground truth
+    whose labels it cannot predict (the matched set) needs it near 0.5."""
+
+    def score_steps(self, steps: list[Step], key: str) -> list[float]:
+        counts = [len(_NUMBER.findall(s.text)) + s.text.count("=") for s in steps]
+        return normalise(np.array(counts, dtype=float))

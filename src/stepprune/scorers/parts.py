@@ -44,3 +44,8 @@ class Composite(Scorer):
     def check_model(self, config: PretrainedConfig, cached_only: bool = False) -> None:
         for part in self.parts:
             part.check_model(config, cached_only=cached_only)
+
+    @property
+    def oracle_on_teacher_forced(self) -> bool:
+        """An oracle when any part is one."""
+        return any(p.oracle_on_teacher_forced for p in self.parts)
