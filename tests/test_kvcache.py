@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stepprune.kvcache import FULL, POSITION_SCHEMES, SLIDING, prefill, rerotate, rotate_keys
-from stepprune.modes.kv import KVMode
+from stepprune.modes import MODES
 from tests.conftest import tiny_model
 
 N, CUE = 30, [5, 6, 7]
@@ -130,5 +130,5 @@ def test_bad_keep_mask_and_scheme() -> None:
     state, _ = prefill(model, _ids())
     with pytest.raises(ValueError, match="keep mask has shape"):
         state.gather(torch.ones(3, dtype=torch.bool))
-    with pytest.raises(ValueError, match="positions 'shifted'"):
-        KVMode(positions="shifted")
+    with pytest.raises(ValueError, match="positions='shifted'"):
+        MODES.build("kv:positions=shifted")
