@@ -132,6 +132,7 @@ def test_local_ray_is_a_new_instance_closed_to_the_network(tiny_r1_dir, tmp_path
     assert len((out / "records.jsonl").read_text().splitlines()) == len(PROBLEMS) * 2
 
 
+@pytest.mark.e2e
 def test_ray_address_where_nothing_listens_fails_at_once(tiny_r1_dir, tmp_path) -> None:
     require_ray()
     with socket.socket() as s:  # a port that nothing listens on
@@ -150,6 +151,7 @@ def test_ray_address_where_nothing_listens_fails_at_once(tiny_r1_dir, tmp_path) 
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_more_workers_than_the_clusters_cpus_are_refused(monkeypatch) -> None:
     """On a CPU-only cluster each worker takes one CPU: a third worker on two CPUs would wait
     for ever, so the pool refuses it before starting any actor."""
