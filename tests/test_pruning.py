@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from stepprune.policies import POLICIES, PercentilePolicy, normalised_entropy
+from stepprune.policies import POLICIES, PercentilePolicy
 from stepprune.registry import SpecError
 
 policy = PercentilePolicy()
@@ -65,17 +67,48 @@ def test_registry_builds_by_name_and_rejects_unknown() -> None:
         POLICIES.build("nope")
 
 
-def test_adaptive_prunes_more_when_importance_is_concentrated() -> None:
+def _traac_evicted(scores: list[float], r: float, gate: float = 0.8) -> set[int]:
+    """TRAAC's rule written out from the paper: U = entropy / log n of the normalised scores;
+    U > gate evicts nothing, else the floor(n r (1 - U)) lowest steps go."""
+    n, total = len(scores), sum(scores)
+    u = -sum(s / total * math.log(s / total) for s in scores if s > 0) / math.log(n)
+    if u > gate:
+        return set()
+    count = math.floor(n * r * (1 - u))
+    lowest = sorted(range(n), key=lambda i: (scores[i], -i))  # later steps first among ties
+    return set(lowest[:count])
+
+
+FIXTURE = [
+    [0.91, 0.03, 0.03, 0.03],
+    [0.26, 0.24, 0.25, 0.25],
+    [0.5, 0.3, 0.1, 0.05, 0.05],
+    [0.7, 0.1, 0.1, 0.05, 0.03, 0.02],
+    [0.4, 0.4, 0.05, 0.05, 0.05, 0.05],
+    [0.98, 0.01, 0.01],
+]
+
+
+@pytest.mark.parametrize("scores", FIXTURE)
+def test_adaptive_is_traac_eviction(scores: list[float]) -> None:
+    for difficulty, r in (("easy", 0.6), ("medium", 0.4), ("hard", 0.2)):
+        keep = POLICIES.build(f"adaptive:difficulty={difficulty}").keep(scores, 0.3)
+        assert {i for i, k in enumerate(keep) if not k} == _traac_evicted(scores, r)
+    for t in (0.1, 0.5, 0.9):  # the default: the threshold is the rate
+        keep = POLICIES.build("adaptive").keep(scores, t)
+        assert {i for i, k in enumerate(keep) if not k} == _traac_evicted(scores, t)
+    fixed = POLICIES.build("adaptive:r=0.9,gate=0.95").keep(scores, 0.1)
+    assert {i for i, k in enumerate(fixed) if not k} == _traac_evicted(scores, 0.9, 0.95)
+    assert POLICIES.build("adaptive:difficulty=easy").keep(scores, 0.0) == [True] * len(scores)
+
+
+def test_adaptive_gate_options_and_spec() -> None:
     adaptive = POLICIES.build("adaptive")
-    concentrated = [0.91, 0.03, 0.03, 0.03]
-    diffuse = [0.26, 0.24, 0.25, 0.25]
-    assert normalised_entropy(diffuse) > 0.99 and normalised_entropy(concentrated) < 0.3
-    assert adaptive.keep(diffuse, 0.5) == [True] * 4
-    # Entropy ~0.28 would keep 2 of 4; the threshold caps pruning at half: keep 2.
-    assert adaptive.keep(concentrated, 0.5) == [True, True, False, False]
-    # A tighter cap keeps more.
-    assert sum(adaptive.keep(concentrated, 0.2)) == 4  # ceil(0.8 * 4)
-    assert adaptive.keep(concentrated, 0.0) == [True] * 4
-    # Fairly diffuse scores (entropy 0.94) keep all 3 steps even under a loose cap.
-    assert adaptive.keep([0.2, 0.5, 0.3], 0.9) == [True] * 3
-    assert adaptive.keep([0.98, 0.01, 0.01], 0.9) == [True, False, False]
+    assert adaptive.spec == "adaptive:gate=0.8,difficulty=threshold,r=None"
+    # Uniform-ish scores (U > 0.8) evict nothing however high the rate.
+    assert adaptive.keep([0.26, 0.24, 0.25, 0.25], 0.9) == [True] * 4
+    assert adaptive.keep([0.98, 0.01, 0.01], 0.9) == [True, False, False]  # floor(2.42)
+    with pytest.raises(SpecError, match="not both"):
+        POLICIES.build("adaptive:r=0.5,difficulty=easy")
+    with pytest.raises(SpecError):
+        POLICIES.build("adaptive:gate=1.5")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from stepprune.registry import Plugin, Registry
+from stepprune.registry import Fraction, Plugin, Registry, SpecError
 
 
 class PruningPolicy(Plugin, ABC):
@@ -67,21 +68,55 @@ def normalised_entropy(importances: Sequence[float]) -> float:
     return float(-(nonzero * np.log(nonzero)).sum() / np.log(p.size))
 
 
+# TRAAC's compression rate by difficulty (the pass rate of the problem's rollouts).
+TRAAC_RATES = {"easy": 0.6, "medium": 0.4, "hard": 0.2}
+
+
 @POLICIES.register("adaptive")
 @dataclass(frozen=True)
 class AdaptivePolicy(PruningPolicy):
-    """TRAAC's adaptive rule: the keep fraction follows the normalised entropy of the scores.
+    """TRAAC's adaptive eviction (arXiv 2510.01581; joykirat18/TRAAC), on step scores.
 
-    Diffuse importance (entropy near 1) means every step carries something, so little is pruned;
-    concentrated importance means few steps matter, so more are pruned. The threshold caps the
-    pruned fraction: ``keep = max(H, 1 - threshold)`` of the steps, rounded up, the
-    highest-scoring ones (earlier steps win ties). Threshold 0 keeps everything.
+    ``U`` is the normalised entropy of the step scores (:func:`normalised_entropy`). When
+    ``U > gate`` (default 0.8, TRAAC's) importance is too uniform to tell steps apart and
+    nothing is evicted; otherwise the ``floor(n * r * (1 - U))`` lowest-scoring of the ``n``
+    steps are evicted (later steps go first among ties), and at least one step is kept.
+
+    The compression rate ``r``: TRAAC takes 0.6 / 0.4 / 0.2 for easy / medium / hard problems,
+    graded by the pass rate of the training rollouts. A policy sees only the scores, so that
+    grading is out of reach here: ``difficulty=easy|medium|hard`` sets TRAAC's rate by hand,
+    ``r=`` any fixed rate, and by default (``difficulty=threshold``) the pruning threshold is the
+    rate, so the threshold sweep spans rates 0 (keep everything) to below 1. With a fixed rate,
+    threshold 0 still keeps every step (the unpruned reference of every run).
+
+    TRAAC reads its scores as per-token means over the first half of the layers from
+    ``</think>``: ``--scorer attention:query=reasoning_end,layers=first-half,agg=mean``.
     """
 
+    gate: Fraction = 0.8
+    difficulty: Literal["threshold", "easy", "medium", "hard"] = "threshold"
+    r: Fraction | None = None
+
+    def __post_init__(self) -> None:
+        if self.r is not None and self.difficulty != "threshold":
+            raise SpecError("adaptive: give r= or difficulty=, not both")
+
+    def rate(self, threshold: float) -> float:
+        """The compression rate ``r`` at ``threshold``."""
+        if self.r is not None:
+            return self.r
+        return TRAAC_RATES.get(self.difficulty, threshold)
+
     def choose(self, scores: np.ndarray, threshold: float) -> np.ndarray:
-        fraction = max(normalised_entropy(scores), 1.0 - threshold)
-        count = max(1, int(np.ceil(fraction * scores.size - 1e-9)))
-        order = np.argsort(-scores, kind="stable")[:count]
-        keep = np.zeros(scores.size, dtype=bool)
-        keep[order] = True
+        keep = np.ones(scores.size, dtype=bool)
+        uniformity = normalised_entropy(scores)
+        if threshold == 0.0 or uniformity > self.gate:
+            return keep
+        evict = int(np.floor(scores.size * self.rate(threshold) * (1.0 - uniformity) + 1e-9))
+        evict = min(evict, scores.size - 1)
+        if evict:
+            # Lowest first; among ties the later step goes first (a stable sort of -scores
+            # puts earlier steps first, so the tail of that order is the eviction set).
+            order = np.argsort(-scores, kind="stable")
+            keep[order[scores.size - evict :]] = False
         return keep
