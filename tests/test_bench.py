@@ -128,3 +128,10 @@ def test_kv_bench_is_exact_and_the_budget_lowers_the_peak(tiny) -> None:
     assert result.exactness_tokens == 384
     with pytest.raises(ValueError, match="tokens"):
         run_kv_bench(*tiny, tokens=64)
+
+
+def test_kv_bench_batched_answers_are_identical(tiny) -> None:
+    result = run_kv_bench(*tiny, tokens=256, answer_tokens=3, decode_tokens=2)
+    assert result.kv_batched_identical
+    assert result.kv_batched_over_unbatched > 0 and result.seconds_kv_batched > 0
+    assert result.grow_over_cat_batch1 > 0 and result.grow_over_cat_batch8 > 0

@@ -1,10 +1,13 @@
 """``stepprune bench kv``: speed, memory and exactness of KV-cache pruning at length N.
 
 In one run on one model: the time to re-evaluate six thresholds from a pruned cache (``kv``)
-divided by re-prompting with the kept text (``text``); the peak cache of online pruning at a 50%
-budget divided by the peak without eviction; decode speed with a pruned and a full cache; and
-the largest logit differences of the two exactness checks (evict nothing vs the unpruned
-continuation, evict a set vs an explicit mask that hides it).
+divided by re-prompting with the kept text (``text``); the time of kv mode's batched
+re-evaluation (every keep mask a row of one batch) divided by the same masks one at a time, with
+a check that the answers are identical; the time of a decode step with the preallocated cache
+(``GrowLayer``) divided by one with transformers' ``torch.cat`` cache at batch 1 and 8; the
+peak cache of online pruning at a 50% budget divided by the peak without eviction; decode speed
+with a pruned and a full cache; and the largest logit differences of the two exactness checks
+(evict nothing vs the unpruned continuation, evict a set vs an explicit mask that hides it).
 
 Both re-evaluations decode exactly ``answer_tokens`` per threshold (no end-of-sequence token, no
 stop at a complete box), so they do the same work and the ratio compares the two ways of
@@ -13,19 +16,28 @@ building the context only.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from stepprune.bench import KV_MIN_TOKENS
-from stepprune.bench.common import seconds, synthetic_trace
+from stepprune.bench.common import paired_seconds, seconds, synthetic_trace
 from stepprune.context import closing_ids, text_context
 from stepprune.decoding import Continuation, SamplingConfig, StopRule
 from stepprune.engines import HFEngine
-from stepprune.kvcache import FULL, SLIDING, KVState, decode_greedy, prefill
+from stepprune.kvcache import (
+    FULL,
+    SLIDING,
+    KVState,
+    RowBatch,
+    decode_greedy,
+    decode_greedy_rows,
+    prefill,
+)
 from stepprune.modes.kv import kept_entries
 from stepprune.modes.online import OnlineConfig, OnlinePruner
 from stepprune.schema import Trace
@@ -51,6 +63,11 @@ class KVBench:
     max_logit_diff_mask: float
     seconds_text: float
     seconds_kv: float
+    kv_batched_over_unbatched: float
+    kv_batched_identical: bool
+    seconds_kv_batched: float
+    grow_over_cat_batch1: float
+    grow_over_cat_batch8: float
     online_peak_cache_tokens: int
     full_cache_tokens: int
     exactness_tokens: int
@@ -126,6 +143,47 @@ def _kv_answers(
     ]
 
 
+def _kv_answers_batched(
+    session: Session, trace: Trace, masks: Sequence[Sequence[bool]], answer_tokens: int
+) -> list[Continuation]:
+    """``_kv_answers`` with every mask a row of one batch (``decode_greedy_rows``)."""
+    never = StopRule(session.tokenizer, [], box_prefix=None)
+    model = session.model
+    full, _ = prefill(model, trace.all_ids[: trace.reasoning_end])
+    entries = [kept_entries(trace, keep) for keep in masks]
+    lengths = {kind: [len(p)] * len(masks) for kind, p in full.positions.items()}
+    lengths[FULL] = [int(e.sum()) for e in entries]
+    cues = [closing_ids(session.format, trace, keep) for keep in masks]
+    states = (full.gather(e) for e in entries)
+    return decode_greedy_rows(model, states, lengths, cues, answer_tokens, never)
+
+
+def _grow_over_cat(model: PreTrainedModel, full: KVState, rows: int, steps: int) -> float:
+    """Median over 3 alternating repeats of: seconds of ``steps`` decode steps at ``rows`` rows
+    of ``full`` with the preallocated cache, over the same with ``torch.cat`` layers."""
+    length = {kind: len(p) for kind, p in full.positions.items()}
+
+    def batch(cat: bool) -> RowBatch:
+        made = RowBatch(model, (full for _ in range(rows)), rows, length)
+        if cat:  # the same entries in transformers' own layers
+            cache = DynamicCache()
+            for i, layer in enumerate(made.cache.layers):
+                cache.update(layer.keys.clone(), layer.values.clone(), i)
+            made.cache = cache
+        return made
+
+    def run(made: RowBatch) -> None:
+        for _ in range(steps):
+            made.forward([[1]] * rows)
+
+    ratios = []
+    for _ in range(3):
+        grow, cat = batch(False), batch(True)
+        grow_s = seconds(lambda b=grow: run(b), model.device)
+        ratios.append(grow_s / seconds(lambda b=cat: run(b), model.device))
+    return statistics.median(ratios)
+
+
 def _online_peak(session: Session, trace: Trace, budget: int | None) -> int:
     """Peak full-attention cache while the trace's reasoning is teacher-forced online, with
     eviction down to ``budget`` entries at every checkpoint (None: no eviction)."""
@@ -165,8 +223,20 @@ def run_kv_bench(
 
     seconds_text = seconds(text_mode, device)
     seconds_kv = seconds(lambda: _kv_answers(session, trace, masks, answer_tokens), device)
+    # Batched vs one at a time, timed alternately in this process.
+    answers: dict[str, list] = {}
+    timing = paired_seconds(
+        lambda: answers.__setitem__("one", _kv_answers(session, trace, masks, answer_tokens)),
+        lambda: answers.__setitem__(
+            "rows", _kv_answers_batched(session, trace, masks, answer_tokens)
+        ),
+        2,
+        device,
+    )
 
     full, _ = prefill(model, trace.all_ids)
+    grow_1 = _grow_over_cat(model, full, 1, decode_tokens)
+    grow_8 = _grow_over_cat(model, full, 8, decode_tokens)
     (half,) = session.keep_masks(scores, [0.5])
     pruned = full.gather(kept_entries(trace, half))
     tps_pruned = _decode_tps(model, pruned, decode_tokens)
@@ -189,6 +259,11 @@ def run_kv_bench(
         max_logit_diff_mask=mask_diff,
         seconds_text=seconds_text,
         seconds_kv=seconds_kv,
+        kv_batched_over_unbatched=timing.ratio,
+        kv_batched_identical=answers["one"] == answers["rows"],
+        seconds_kv_batched=timing.median_second,
+        grow_over_cat_batch1=grow_1,
+        grow_over_cat_batch8=grow_8,
         online_peak_cache_tokens=peak_half,
         full_cache_tokens=peak_full,
         exactness_tokens=exact_len,
