@@ -12,7 +12,9 @@ drawn. The report dict is ``aggregate.build_report``'s (or ``report.json`` read 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,17 @@ def save_figure(fig: Figure, path: Path | str) -> Path:
     entries (model · scorer spec · mode) can be wider than the figure.
     """
     path = Path(path)
-    fig.savefig(path, bbox_inches="tight")
+    # Drawn to a temporary file first: a full disk leaves the old plot, not half a new one.
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.savefig(tmp, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None
     return path
 
 

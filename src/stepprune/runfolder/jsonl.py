@@ -3,6 +3,8 @@ cut or skipped), typed rows, JSON objects, atomic replacement."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterable
@@ -12,21 +14,59 @@ from typing import Any
 from stepprune.runfolder.errors import RunFolderError
 
 
+def _write_error(path: Path, error: OSError) -> RunFolderError:
+    """A failed write as one line naming the folder and the file; a full disk says how to go
+    on (what was written is kept whole)."""
+    reason = error.strerror or str(error)
+    hint = (
+        "; every complete line is kept: free space and run the same command again to resume"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT)
+        else ""
+    )
+    return RunFolderError(f"{path.parent}: cannot write {path.name} ({reason}){hint}")
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` without ever leaving a half-written file."""
+    """Replace ``path`` with ``text`` without ever leaving a half-written file (a full disk
+    leaves the old file, and no temporary one)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _write_error(path, error) from None
 
 
 def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Append ``rows`` as JSON lines, flushed and fsynced: a kill leaves at most one partial
-    last line, which ``read_jsonl`` skips (or, with ``repair``, cuts)."""
-    with path.open("a", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append ``rows`` as JSON lines, fsynced: all of them or none. A write that fails (a full
+    disk) is cut back to where it started; a kill leaves at most one partial last line, which
+    ``read_jsonl`` skips (or, with ``repair``, cuts).
+
+    Raises:
+        RunFolderError: the write failed (the message names the folder and the file).
+    """
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise _write_error(path, error) from None
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError as error:
+            os.ftruncate(fd, start)  # needs no space: the file keeps only whole lines
+            raise _write_error(path, error) from None
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: Path, repair: bool = False) -> list[tuple[int, dict[str, Any]]]:

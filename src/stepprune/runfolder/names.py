@@ -40,6 +40,7 @@ RUN_FILES = frozenset(
         "config.json.tmp",
         "summary.json.tmp",
         "results.md.tmp",
+        "importance.png.tmp",
     }
 )
 # What `stepprune run` writes first, in order; the first one missing is named in the error.
