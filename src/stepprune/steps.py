@@ -166,6 +166,14 @@ def _merge_short(
     return merged
 
 
+_FINDERS = {
+    "paragraph": block_breaks,
+    "line": line_breaks,
+    "sentence": _sentence_breaks,
+    "markers": _marker_breaks,
+}
+
+
 def segment_steps(
     tokenizer: PreTrainedTokenizerBase,
     all_ids: Sequence[int],
@@ -186,22 +194,20 @@ def segment_steps(
         Steps with absolute spans into ``all_ids`` in order, non-overlapping, with
         ``importance`` unset.
     """
-    finders = {
-        "paragraph": block_breaks,
-        "line": line_breaks,
-        "sentence": _sentence_breaks,
-        "markers": _marker_breaks,
-    }
-    if mode not in finders:
+    if mode not in _FINDERS:
         raise ValueError(f"segmenter {mode!r}: choose from {', '.join(SEGMENTERS)}")
     region = list(all_ids[start:end])
-    texts = token_texts(tokenizer, region)
-    stripped = [s for c in _chunk_spans(finders[mode](texts)) if (s := _strip_blank(texts, *c))]
-    spans = _merge_short(stripped, texts, min_chars)
+    spans = _spans(token_texts(tokenizer, region), min_chars, mode)
     return [
         Step(index=i, start=start + a, end=start + b, text=tokenizer.decode(region[a:b]))
         for i, (a, b) in enumerate(spans)
     ]
+
+
+def _spans(texts: list[str], min_chars: int, mode: str) -> list[tuple[int, int]]:
+    """Step spans (relative to the region) from the tokens' texts."""
+    stripped = [s for c in _chunk_spans(_FINDERS[mode](texts)) if (s := _strip_blank(texts, *c))]
+    return _merge_short(stripped, texts, min_chars)
 
 
 def attach_labels(steps: list[Step], labels: list[str] | None) -> None:
@@ -227,3 +233,30 @@ class Segmenter:
         self, tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], start: int, end: int
     ) -> list[Step]:
         return segment_steps(tokenizer, ids, start, end, self.min_chars, self.kind)
+
+
+class IncrementalSegmenter:
+    """``Segmenter`` for a sequence that only grows (online generation): the same steps as
+    ``segmenter(tokenizer, ids, start, end)`` at every call, but each token is decoded once
+    (its text is kept from the previous calls) and each step's text once per span. ``ids`` must
+    extend the previous call's (a call that does not starts afresh)."""
+
+    def __init__(self, segmenter: Segmenter, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.segmenter, self.tokenizer = segmenter, tokenizer
+        self.start: int | None = None
+        self.texts: list[str] = []
+        self.step_texts: dict[tuple[int, int], str] = {}
+
+    def __call__(self, ids: Sequence[int], start: int, end: int) -> list[Step]:
+        if self.start != start or end < start + len(self.texts):
+            self.start, self.texts, self.step_texts = start, [], {}  # not an extension: restart
+        self.texts += token_texts(self.tokenizer, ids[start + len(self.texts) : end])
+        spans = _spans(self.texts, self.segmenter.min_chars, self.segmenter.kind)
+        steps = []
+        for i, (a, b) in enumerate(spans):
+            if (a, b) not in self.step_texts:
+                self.step_texts[(a, b)] = self.tokenizer.decode(list(ids[start + a : start + b]))
+            steps.append(
+                Step(index=i, start=start + a, end=start + b, text=self.step_texts[(a, b)])
+            )
+        return steps

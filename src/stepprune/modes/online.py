@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from stepprune.policies import PruningPolicy
 from stepprune.registry import NonNegativeInt, PositiveInt, run_setting
 from stepprune.schema import Problem, Step, Trace
 from stepprune.session import sample_seed
-from stepprune.steps import BlockBreakWatcher, block_breaks
+from stepprune.steps import BlockBreakWatcher, IncrementalSegmenter, block_breaks
 
 if TYPE_CHECKING:
     from stepprune.scorers import Scorer
@@ -55,6 +55,13 @@ class OnlineConfig:
     one checkpoint is scored again at the next. With ``budget`` set, steps are instead evicted
     lowest-score first until the cache holds at most ``budget`` entries (the threshold is then
     unused). ``interval`` 0 checks at every paragraph end, M > 0 every M tokens.
+
+    ``scope="reasoning"`` gives the threshold a meaning that does not compound: it is the
+    fraction of the finished reasoning's tokens evicted in all. At each checkpoint the
+    lowest-scoring cached steps are evicted, lowest first, while the tokens evicted so far stay
+    within ``threshold`` x the tokens of every finished step (evicted or cached), so the trace
+    keeps about ``1 - threshold`` of its reasoning however many checkpoints it passes (the
+    policy is then unused).
     """
 
     policy: PruningPolicy
@@ -62,9 +69,12 @@ class OnlineConfig:
     budget: int | None = None
     interval: int = 0
     recent: int = 32
+    scope: str = "cached"
 
     def __post_init__(self) -> None:
         check_eviction(self.interval, self.budget, self.recent)
+        if self.scope not in ("cached", "reasoning"):
+            raise ValueError(f"scope must be cached or reasoning, got {self.scope!r}")
 
 
 @dataclass
@@ -104,15 +114,13 @@ class OnlinePruner:
         gone = result.evicted_positions
         steps = [
             s
-            for s in self.session.segmenter(
-                self.fmt.tokenizer, all_ids, reasoning_start, len(all_ids)
-            )
+            for s in self.segment(all_ids, reasoning_start, len(all_ids))
             if s.end <= horizon and not any(p in gone for p in range(s.start, s.end))
         ]
         if len(steps) < 2:
             return state
         scores = self.session.scorer.score_cache(self.model, self.fmt, state, steps)
-        evict = self._choose(scores, steps, state.length)
+        evict = self._choose(scores, steps, state.length, result)
         if not evict:
             return state
         positions = state.positions[FULL]
@@ -127,7 +135,19 @@ class OnlinePruner:
         )
         return state.gather(keep)
 
-    def _choose(self, scores: list[float], steps: list[Step], cache_len: int) -> list[Step]:
+    def _choose(
+        self, scores: list[float], steps: list[Step], cache_len: int, result: OnlineResult
+    ) -> list[Step]:
+        if self.config.budget is None and self.config.scope == "reasoning":
+            gone = sum(s["end"] - s["start"] for e in result.evictions for s in e["steps"])
+            allowed = self.config.threshold * (gone + sum(s.num_tokens for s in steps))
+            chosen = []
+            for i in np.argsort(scores, kind="stable"):
+                if gone + steps[int(i)].num_tokens > allowed:
+                    break
+                chosen.append(steps[int(i)])
+                gone += steps[int(i)].num_tokens
+            return sorted(chosen, key=lambda s: s.start)
         if self.config.budget is None:
             keep = self.config.policy.keep(scores, self.config.threshold)
             return [s for s, k in zip(steps, keep, strict=True) if not k]
@@ -153,6 +173,8 @@ class OnlinePruner:
         ``forced_reasoning``: the output tokens up to the end of reasoning (``</think>``
         excluded); checkpoints then fall at its paragraph ends or every ``interval`` tokens.
         """
+        # Checkpoints segment a sequence that only grows: each token is decoded once.
+        self.segment = IncrementalSegmenter(self.session.segmenter, self.fmt.tokenizer)
         state, logits = prefill(self.model, prompt_ids)
         result = OnlineResult([], 0, 0, state.length, 0)
         all_ids = list(prompt_ids)
@@ -248,12 +270,15 @@ class OnlineMode(Mode):
     """Think Clearly: evict low-scoring steps from the cache while the trace is generated.
 
     A pruning's threshold goes to the session's policy at every checkpoint, so pruning
-    compounds over a trace; records report the fraction actually kept. With ``budget`` the
-    threshold is unused and one generation serves every pruning.
+    compounds over a trace; records report the fraction actually kept. ``scope=reasoning``
+    instead makes the threshold the fraction of the finished reasoning's tokens evicted in all
+    (``OnlineConfig``), which does not compound. With ``budget`` the threshold is unused and one
+    generation serves every pruning.
     """
 
     interval: NonNegativeInt = 0
     budget: PositiveInt | None = None
+    scope: Literal["cached", "reasoning"] = "cached"
     sampling: SamplingConfig = run_setting(default_factory=SamplingConfig)
     seed: int = run_setting(0)
     answer_max_tokens: int = run_setting(512)
@@ -277,7 +302,7 @@ class OnlineMode(Mode):
             key = None if self.budget is not None else p.threshold
             if key not in runs:
                 config = OnlineConfig(
-                    session.policy, p.threshold, self.budget, self.interval, self.recent
+                    session.policy, p.threshold, self.budget, self.interval, self.recent, self.scope
                 )
                 seed = sample_seed(self.seed, problem.id, trace.sample)
                 runs[key] = self._run(OnlinePruner(session, config), session, problem, trace, seed)
