@@ -13,6 +13,7 @@ difference scorer - random: the question is whether the scorer beats random.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -45,9 +46,23 @@ class ReportError(ValueError):
     """The report folder cannot be written (one-line message naming it)."""
 
 
+SLUG_MAX = 100  # well below the 255 bytes of a file name, with room for "_s<sample>.png"
+
+
 def slug(text: str) -> str:
-    """A file-name-safe form of a label or problem id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+    """A file-name-safe form of a label or problem id.
+
+    Letters and digits of any script are kept, runs of other characters become ``_``; an id
+    with nothing left, or longer than ``SLUG_MAX`` bytes, gets a hash of itself instead of
+    the lost part, so that ids of emoji only, or long ids sharing their first characters,
+    keep files of their own.
+    """
+    safe = re.sub(r"[^\w.-]+", "_", text).strip("_")
+    if safe and len(safe.encode("utf-8")) <= SLUG_MAX:
+        return safe
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    head = safe.encode("utf-8")[:SLUG_MAX].decode("utf-8", "ignore")
+    return f"{head}_{digest}" if head else digest
 
 
 def plot_importances(run: Run, label: str, folder: Path, limit: int) -> list[Path]:
