@@ -47,3 +47,15 @@ def test_bench_generate_prints_consistent_measurements(tmp_path) -> None:
         data["workers_1_s"] / data["workers_2_s"], rel=0.05
     )
     assert (tmp_path / "cache" / "vllm-models").is_dir()  # the bundled GGUF, converted once
+
+
+def test_negative_workers_units_are_refused_before_any_engine_runs(monkeypatch) -> None:
+    """`--workers-units -1` used to decode with both engines for minutes before refusing."""
+    import stepprune.bench.generate as generate
+
+    def never(*args, **kwargs):
+        raise AssertionError("the engines ran")
+
+    monkeypatch.setattr(generate, "run_engines", never)
+    with pytest.raises(ValueError, match="--workers-units must be >= 0"):
+        generate.run_generate_bench(workers_units=-1)

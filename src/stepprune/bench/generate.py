@@ -14,6 +14,7 @@ included, as a user pays them) and their ratio.
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -138,7 +139,16 @@ def run_generate_bench(
     max_new_tokens: int = 256,
     workers_units: int = 0,
 ) -> GenerateBench:
-    """Both parts; ``workers_units`` 0 skips the Ray comparison."""
+    """Both parts; ``workers_units`` 0 skips the Ray comparison.
+
+    Raises:
+        ValueError: ``workers_units`` below 0, or above 0 without Ray; checked before the
+            engines run (minutes), not after.
+    """
+    if workers_units < 0:
+        raise ValueError(f"--workers-units must be >= 0 (0 skips the Ray run), got {workers_units}")
+    if workers_units and importlib.util.find_spec("ray") is None:
+        raise ValueError("--workers-units needs Ray: pip install 'stepprune[ray]' (or 0 to skip)")
     result = run_engines(model, device, dtype, prompts, max_new_tokens)
     if workers_units:
         result |= run_workers(model, device, dtype, workers_units)
