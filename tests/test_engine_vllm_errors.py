@@ -53,3 +53,19 @@ def test_a_dead_worker_is_reported_by_how_it_ended(monkeypatch, tmp_path) -> Non
     assert message.startswith("the vLLM process ended (killed by SIGKILL)"), message
     assert message.endswith("RuntimeError: CUDA out of memory. Tried to allocate 2 GiB")
     assert "tokenizer pool" not in message
+
+
+def test_vllm_with_online_mode_is_refused_before_anything_starts(tmp_path) -> None:
+    """Online mode decodes on transformers: vLLM would start unused and label the records."""
+    from typer.testing import CliRunner
+
+    from stepprune.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["run", "--engine", "vllm", "--mode", "online", "--limit", "1", "--out", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: --engine vllm cannot decode --mode online"), line
+    assert not out.exists()
