@@ -87,3 +87,17 @@ def test_answer_edited_after_a_kill_between_traces_and_records_is_refused(
     line = _error_line(_run(tiny_r1_dir, "--dataset", str(data), "--out", str(out)))
     assert "'b'" in line and "'25'" in line and "graded on '24'" in line, line
     assert _hashes(out) == before
+
+
+def test_a_lone_surrogate_in_an_id_is_written_and_read_back(tmp_path: Path) -> None:
+    from stepprune.runfolder import load_run
+    from tests.test_runfolder import _record, _trace
+
+    odd = "q\udc80"
+    with RunFolder(tmp_path, {}, {}) as folder:
+        folder.write_config()
+        folder.add_trace(_trace(odd))
+        folder.add_records([_record(odd, 0.0)])
+    with RunFolder(tmp_path, {}, {}) as again:
+        assert again.has_record(odd, 0, 0.0, "s") and (odd, 0) in again.traces
+    assert [r.problem_id for r in load_run(tmp_path).records] == [odd]

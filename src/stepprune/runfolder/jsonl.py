@@ -42,6 +42,15 @@ def write_atomic(path: Path, text: str) -> None:
         raise _write_error(path, error) from None
 
 
+def _line(row: dict[str, Any]) -> bytes:
+    """One row as a UTF-8 JSON line; text that UTF-8 cannot hold (a lone surrogate in an id
+    read from a file) is written escaped, and reads back the same."""
+    try:
+        return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(row) + "\n").encode("ascii")
+
+
 def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Append ``rows`` as JSON lines, fsynced: all of them or none. A write that fails (a full
     disk) is cut back to where it started; a kill leaves at most one partial last line, which
@@ -50,7 +59,7 @@ def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     Raises:
         RunFolderError: the write failed (the message names the folder and the file).
     """
-    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    data = b"".join(_line(row) for row in rows)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as error:
