@@ -234,6 +234,7 @@ def test_default_scorers_build_and_cover_every_family() -> None:
         "attention",
         "entropy",
         "redundancy",
+        "step-redundancy",
         "forced-answer",
         "mix",
         "ablation",

@@ -119,7 +119,7 @@ def test_redundancy_matches_direct_cosines(setup, layer: str, vector: str) -> No
         tokens = keys.permute(1, 0, 2).flatten(1)
     means = [tokens[s.start : s.end].double().mean(0) for s in trace.steps]
     red = _direct_redundancy(means)
-    scorer = SCORERS.build(f"redundancy:of=length,lambda=0.4,layer={layer},vector={vector}")
+    scorer = SCORERS.build(f"step-redundancy:of=length,lambda=0.4,layer={layer},vector={vector}")
     assert np.allclose(step_redundancy(scorer.step_vectors(model, trace)), red, atol=1e-6)
     # The documented formula, by hand: penalty sums to 1, shift so the minimum is 0.
     lengths = np.array([s.num_tokens for s in trace.steps], float)
@@ -326,11 +326,12 @@ SPECS = [
     "entropy",
     "entropy:agg=mean",
     "redundancy",
-    "redundancy:of=(attention:query=probe,agg=mean),lambda=0.3,layer=1,vector=key",
+    "step-redundancy",
+    "step-redundancy:of=(attention:query=probe,agg=mean),lambda=0.3,layer=1,vector=key",
     "forced-answer",
     "resampling:k=2,seed=3,max_new_tokens=8,temperature=1",
     "mix:a=attention,b=entropy,w=0.7",
-    "mix:a=(mix:a=length,b=position,w=0.5),b=(redundancy:of=entropy),w=0.25",
+    "mix:a=(mix:a=length,b=position,w=0.5),b=(step-redundancy:of=entropy),w=0.25",
 ]
 
 
@@ -346,7 +347,7 @@ def test_nested_specs_parse_at_top_level_commas() -> None:
         "mix",
         {"a": "(attention:query=probe,agg=mean)", "b": "length"},
     )
-    scorer = SCORERS.build("redundancy:of=(attention:query=probe,agg=mean)")
+    scorer = SCORERS.build("step-redundancy:of=(attention:query=probe,agg=mean)")
     assert scorer.base == AttentionScorer(query="probe", agg="mean")
     assert scorer.weight == 0.1 and scorer.layer == "last" and scorer.vector == "hidden"
     mix = SCORERS.build("mix:a=attention:agg=mean,b=length")  # one option: no parentheses needed
@@ -357,16 +358,16 @@ def test_nested_specs_parse_at_top_level_commas() -> None:
     ("spec", "message"),
     [
         ("entropy:agg=max", "agg='max'"),
-        ("redundancy:vector=value", "vector='value'"),
-        ("redundancy:lambda=2", "lambda=2 is outside the allowed range \\(>= 0 and <= 1\\)"),
-        ("redundancy:lambda=x", "lambda='x' is not a number"),
-        ("redundancy:layer=x", "layer='x'"),
+        ("step-redundancy:vector=value", "vector='value'"),
+        ("step-redundancy:lambda=2", "lambda=2 is outside the allowed range \\(>= 0 and <= 1\\)"),
+        ("step-redundancy:lambda=x", "lambda='x' is not a number"),
+        ("step-redundancy:layer=x", "layer='x'"),
         (
-            "redundancy:weight=0.5",
+            "step-redundancy:weight=0.5",
             "unknown option 'weight' \\(options: of, lambda, layer, vector\\)",
         ),
-        ("redundancy:of=nosuch", "unknown scorer 'nosuch'"),
-        ("redundancy:of=(attention:heads=min)", "of=.*heads='min'"),
+        ("step-redundancy:of=nosuch", "unknown scorer 'nosuch'"),
+        ("step-redundancy:of=(attention:heads=min)", "of=.*heads='min'"),
         ("mix:a=attention", "give both parts"),
         ("mix:a=attention,b=length,w=1.5", "w=1.5 is outside the allowed range"),
         ("mix:a=(attention:query=probe,b=length", "'\\(' without its '\\)'"),
@@ -390,17 +391,18 @@ def test_model_checks_reach_nested_parts(setup) -> None:
     assert mix.needs_model_config
     with pytest.raises(SpecError, match="layers \\[9\\] outside"):
         mix.check_model(model.config)
-    deep = SCORERS.build("redundancy:of=length,layer=7")
+    deep = SCORERS.build("step-redundancy:of=length,layer=7")
     with pytest.raises(SpecError, match="layer 7 outside 0..1"):
         deep.check_model(model.config)
-    SCORERS.build("redundancy:of=length,layer=1").check_model(model.config)
+    SCORERS.build("step-redundancy:of=length,layer=1").check_model(model.config)
 
 
 @pytest.mark.parametrize(
     ("spec", "reason"),
     [
         ("entropy", "teacher-forced forward"),
-        ("redundancy", "hidden states"),
+        ("step-redundancy", "hidden states"),
+        ("redundancy", "every cached key"),
         ("forced-answer", "every prefix"),
         ("resampling", "samples answers"),
         ("mix:a=length,b=entropy", "part 'entropy:agg=sum' cannot score cached steps"),

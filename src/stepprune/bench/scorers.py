@@ -63,6 +63,7 @@ DEFAULT_SCORERS: tuple[str, ...] = (
     "entropy",
     "entropy:agg=mean",
     "redundancy",
+    "step-redundancy",
     "forced-answer",
     "mix:a=attention,b=entropy",
     "ablation",

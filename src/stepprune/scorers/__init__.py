@@ -7,8 +7,10 @@ parentheses):
   to each step (``heads=receiver,calibration=FILE``: receiver heads from ``receiver``'s file);
 - ``ablation``: drop of log p(answer) when the step is removed;
 - ``entropy[:agg=sum|mean]``: next-token entropy over the step's tokens;
-- ``redundancy[:of=SPEC,lambda=L,layer=N|last,vector=hidden|key]``: a base scorer minus the
-  step's mean cosine similarity to the other steps (R-KV);
+- ``redundancy[:lambda=0.07,window=8,kernel=7,threshold=0.5]``: R-KV's token score (window
+  attention, max-pooled, minus the softmaxed key redundancy per KV head), averaged per step;
+- ``step-redundancy[:of=SPEC,lambda=L,layer=N|last,vector=hidden|key]``: a base scorer minus
+  the step's mean cosine similarity to the other steps (inspired by R-KV, not R-KV);
 - ``forced-answer``: rise of log p(answer) when the reasoning stops after the step;
 - ``resampling[:k=K,seed=S,max_new_tokens=M,temperature=T]``: change of the sampled answers'
   distribution with the step (Thought Anchors);
@@ -39,6 +41,7 @@ from stepprune.scorers.receiver import (
 )
 from stepprune.scorers.redundancy import RedundancyScorer
 from stepprune.scorers.resampling import ResamplingScorer
+from stepprune.scorers.rkv import RKVScorer
 
 __all__ = [
     "SCORERS",
@@ -51,6 +54,7 @@ __all__ = [
     "MixScorer",
     "PositionScorer",
     "RandomScorer",
+    "RKVScorer",
     "RedundancyScorer",
     "ResamplingScorer",
     "Scorer",

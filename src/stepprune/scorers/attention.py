@@ -168,7 +168,6 @@ class AttentionScorer(Scorer):
     """Attention paid by query tokens to each step; see the module docstring for options."""
 
     query: Literal["last", "reasoning_end", "answer", "probe"] = "last"
-    probe_tokens: Literal["last", "all"] = "last"
     layers: str = "all"
     heads: Literal["mean", "max", "receiver"] = "mean"
     agg: Literal["sum", "mean"] = "sum"
@@ -176,6 +175,7 @@ class AttentionScorer(Scorer):
     receivers: PositiveInt = 8
     sink_tokens: NonNegativeInt = 4
     probe: str = DEFAULT_PROBE
+    probe_tokens: Literal["last", "all"] = "last"
     calibration: str = ""
     # The (layer, head) pairs read from ``calibration`` (empty: chosen per trace).
     calibrated: tuple[tuple[int, int], ...] = field(

@@ -1,4 +1,4 @@
-"""Scorers built from other scorers (``mix``, ``redundancy``): their nested specs and checks.
+"""Scorers built from other scorers (``mix``, ``step-redundancy``): their nested specs and checks.
 
 A part is given as an option value holding a whole spec, in parentheses when it has options
 of its own: ``mix:a=(attention:query=probe,agg=mean),b=entropy,w=0.5`` (see

@@ -1,9 +1,12 @@
-"""The redundancy scorer: a base scorer's importance minus how much a step repeats the others
-(R-KV, arXiv 2505.24133, applied to whole steps instead of single cached tokens).
+"""The step-redundancy scorer: a base scorer's importance minus how much a step repeats the
+others. Inspired by R-KV (arXiv 2505.24133) but not R-KV: it compares one mean vector per
+*step* (not keys per token and head), has no near-duplicate exemption, normalises by the sum
+(not a softmax) and takes any base scorer; R-KV itself is ``redundancy`` (:mod:`.rkv`). This
+was ``redundancy`` before that scorer was made faithful.
 
-Spec: ``redundancy[:of=SPEC,lambda=L,layer=N|last,vector=hidden|key]``, defaults
-``of=attention``, ``lambda=0.1`` (R-KV's weight), ``layer=last``, ``vector=hidden``. A base
-spec with options goes in parentheses: ``redundancy:of=(attention:query=probe,agg=mean)``.
+Spec: ``step-redundancy[:of=SPEC,lambda=L,layer=N|last,vector=hidden|key]``, defaults
+``of=attention``, ``lambda=0.1``, ``layer=last``, ``vector=hidden``. A base spec with options
+goes in parentheses: ``step-redundancy:of=(attention:query=probe,agg=mean)``.
 
 One forward over prompt + reasoning gives a vector per step, ``v_i``: the mean over the step's
 tokens of
@@ -101,7 +104,7 @@ def step_redundancy(vectors: torch.Tensor) -> np.ndarray:
     return ((cos.sum(-1) - cos.diagonal()) / (n - 1)).numpy()
 
 
-@SCORERS.register("redundancy")
+@SCORERS.register("step-redundancy")
 @dataclass(frozen=True)
 class RedundancyScorer(Composite):
     """Base importance penalised by redundancy; see the module docstring for the formula.
@@ -117,12 +120,12 @@ class RedundancyScorer(Composite):
     base: Scorer = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        base = build_part(self.of, "redundancy", "of")
+        base = build_part(self.of, "step-redundancy", "of")
         object.__setattr__(self, "base", base)
         object.__setattr__(self, "of", base.spec)
         layer = str(self.layer).strip()
         if layer != "last" and not layer.isdigit():
-            raise SpecError(f"redundancy: layer={self.layer!r}; use last or a layer index")
+            raise SpecError(f"step-redundancy: layer={self.layer!r}; use last or a layer index")
         object.__setattr__(self, "layer", layer if layer == "last" else str(int(layer)))
 
     @property
