@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.extras import require_ray
-from tests.processes import cmdline, descendants, kill_all, stop, wait_for
+from tests.processes import alive, cmdline, descendants, kill_all, stop, wait_for
 
 PROBLEMS = [f"What is {a} + {2 * a + 1}?" for a in range(1, 4)]
 
@@ -173,3 +173,31 @@ def test_more_workers_than_the_clusters_cpus_are_refused(monkeypatch) -> None:
         ray.shutdown()
         monkeypatch.undo()
         _reload_ray_config()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_workers_run_as_ctrl_c_does(tiny_r1_dir, tmp_path) -> None:
+    """SIGTERM while the workers run: the run ends without a traceback or Ray's native stack
+    dump, and leaves no Ray process behind."""
+    require_ray()
+    dataset, out = _dataset(tmp_path / "q.jsonl"), tmp_path / "run"
+    command = _command(tiny_r1_dir, dataset, out, "--workers", "2")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    below = []
+    try:
+        actors = lambda: [p for p in descendants(run.pid) if "RunnerActor" in cmdline(p[0])]  # noqa: E731
+        assert wait_for(lambda: len(actors()) == 2 or run.poll() is not None, timeout=600)
+        assert run.poll() is None
+        below = descendants(run.pid)
+        run.terminate()
+        _, stderr = run.communicate(timeout=120)
+        text = stderr.decode(errors="replace")
+        assert run.returncode != 0
+        for sign in ("Traceback", "*** SIGTERM", "Stack trace", "Aborted at"):
+            assert sign not in text, text[-3000:]
+        survivors = lambda: [cmdline(p[0])[:80] for p in below if alive(p)]  # noqa: E731
+        assert wait_for(lambda: not survivors(), timeout=30), survivors()
+    finally:
+        stop(run)
+        kill_all(below)

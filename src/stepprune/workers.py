@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -112,9 +114,11 @@ class RayPool:
         # load: Ray's agents survive SIGKILL of the driver (seen: DashboardAgent,
         # RuntimeEnvAgent), so a reaper that dies with this process kills all it started.
         self.reaper = None
+        self._old_sigterm = None
         try:
             if self.started_here:
                 ray.init(**self._init_options(workers, address))
+                self._catch_sigterm()
         except BaseException:
             self.close()
             raise
@@ -158,6 +162,12 @@ class RayPool:
             options["address"] = self._local_instance()
             self.reaper = _start_reaper()
         return options
+
+    def _catch_sigterm(self) -> None:
+        """SIGTERM ends the run as Ctrl-C does (the pool closed, Ray shut down, no traceback):
+        left to Ray's own handler it aborts with a native stack dump."""
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
     def _set_env(self, name: str, value: str) -> None:
         """Set an environment variable for Ray (read by ``ray.init`` and inherited by the
@@ -214,6 +224,9 @@ class RayPool:
                 return
 
     def close(self) -> None:
+        if getattr(self, "_old_sigterm", None) is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
         for actor in getattr(self, "actors", []):
             self.ray.kill(actor)
         if self.started_here:
@@ -274,6 +287,10 @@ while os.getppid() == parent:
     time.sleep(0.5)
 reap()
 """
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _reload_ray_config() -> None:
