@@ -69,3 +69,33 @@ def test_vllm_with_online_mode_is_refused_before_anything_starts(tmp_path) -> No
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: --engine vllm cannot decode --mode online"), line
     assert not out.exists()
+
+
+class _Saved:
+    """A model and tokenizer that count their conversions (a config.json each)."""
+
+    def __init__(self) -> None:
+        self.config, self.saves = type("C", (), {})(), 0
+
+    def save_pretrained(self, folder) -> None:
+        self.saves += 1
+        (Path(folder) / "config.json").write_text("{}")
+
+
+def test_the_converted_gguf_is_keyed_by_content(monkeypatch, tmp_path) -> None:
+    """Another GGUF of the same name is converted anew, never decoded by the first's copy."""
+    from stepprune.engines.vllm import model_folder_for_vllm
+
+    monkeypatch.setenv("STEPPRUNE_CACHE", str(tmp_path / "cache"))
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, content in ((a, b"first model"), (b, b"second model")):
+        folder.mkdir()
+        (folder / "model.gguf").write_bytes(content)
+    model, tokenizer = _Saved(), _Saved()
+    first = model_folder_for_vllm(model, tokenizer, str(a), "model.gguf")
+    assert model_folder_for_vllm(model, tokenizer, str(a), "model.gguf") == first
+    assert model.saves == 1
+    second = model_folder_for_vllm(model, tokenizer, str(b), "model.gguf")
+    assert second != first and model.saves == 2
+    (b / "model.gguf").write_bytes(b"first model")  # now the same content as a's
+    assert model_folder_for_vllm(model, tokenizer, str(b), "model.gguf") == first

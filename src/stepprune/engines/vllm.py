@@ -26,6 +26,8 @@ prefix cache makes the continuation cheap).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -146,7 +148,10 @@ def model_folder_for_vllm(model, tokenizer, source: str, gguf_file: str | None) 
     if gguf_file is None:
         return source
     cache = Path(os.environ.get("STEPPRUNE_CACHE", Path.home() / ".cache" / "stepprune"))
-    folder = cache / "vllm-models" / Path(gguf_file).name.removesuffix(".gguf")
+    gguf = Path(source) / gguf_file
+    # Keyed by content: another GGUF of the same name must never be decoded by this copy.
+    name = Path(gguf_file).name.removesuffix(".gguf")
+    folder = cache / "vllm-models" / f"{name}-{gguf_digest(gguf, cache)[:16]}"
     if (folder / "config.json").exists():
         return str(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +177,31 @@ def model_folder_for_vllm(model, tokenizer, source: str, gguf_file: str | None) 
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return str(folder)
+
+
+def gguf_digest(path: Path, cache: Path) -> str:
+    """SHA-256 of a GGUF file's content, remembered in ``cache`` by path, size and modification
+    time (hashing gigabytes at every start would cost seconds)."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_path = cache / "vllm-models" / "gguf-digests.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if isinstance(memo, dict) and isinstance(memo.get(key), str):
+        return memo[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    memo = {**(memo if isinstance(memo, dict) else {}), key: digest.hexdigest()}
+    with contextlib.suppress(OSError):  # a read-only cache: hashed again next time
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_path)
+    return digest.hexdigest()
 
 
 class VLLMProcess:
