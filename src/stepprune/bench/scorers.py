@@ -65,6 +65,7 @@ DEFAULT_SCORERS: tuple[str, ...] = (
     "redundancy",
     "step-redundancy",
     "forced-answer",
+    "attribution",
     "mix:a=attention,b=entropy",
     "ablation",
     "random",

@@ -11,6 +11,8 @@ parentheses):
   attention, max-pooled, minus the softmaxed key redundancy per KV head), averaged per step;
 - ``step-redundancy[:of=SPEC,lambda=L,layer=N|last,vector=hidden|key]``: a base scorer minus
   the step's mean cosine similarity to the other steps (inspired by R-KV, not R-KV);
+- ``attribution``: gradient of log p(answer) with respect to a per-step scale on the attention
+  the answer pays to the step (attribution patching of attention knockout; an oracle);
 - ``forced-answer``: rise of log p(answer) when the reasoning stops after the step;
 - ``resampling[:k=K,seed=S,max_new_tokens=M,temperature=T]``: change of the sampled answers'
   distribution with the step (Thought Anchors);
@@ -23,6 +25,7 @@ Importing this package registers them all.
 
 from stepprune.scorers.ablation import AblationScorer
 from stepprune.scorers.attention import AttentionScorer
+from stepprune.scorers.attribution import AttributionScorer
 from stepprune.scorers.base import SCORERS, Scorer, normalise
 from stepprune.scorers.baselines import (
     FormScorer,
@@ -47,6 +50,7 @@ __all__ = [
     "SCORERS",
     "AblationScorer",
     "AttentionScorer",
+    "AttributionScorer",
     "EntropyScorer",
     "ForcedAnswerScorer",
     "FormScorer",
