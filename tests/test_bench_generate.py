@@ -59,3 +59,19 @@ def test_negative_workers_units_are_refused_before_any_engine_runs(monkeypatch) 
     monkeypatch.setattr(generate, "run_engines", never)
     with pytest.raises(ValueError, match="--workers-units must be >= 0"):
         generate.run_generate_bench(workers_units=-1)
+
+
+def test_run_folders_of_a_killed_bench_are_removed_by_the_next(tmp_path, monkeypatch) -> None:
+    import tempfile
+
+    import stepprune.bench.generate as generate
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is free: the bench that made the folder is gone
+    stale = tmp_path / f"{generate.SCRATCH_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{generate.SCRATCH_PREFIX}{os.getpid()}-abc"
+    for folder in (stale, live):
+        (folder / "w1").mkdir(parents=True)
+    generate._sweep_scratch()
+    assert not stale.exists() and live.exists()

@@ -15,6 +15,9 @@ included, as a user pays them) and their ratio.
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -104,13 +107,26 @@ def run_engines(
     }
 
 
+# The Ray comparison's run folders: a killed bench leaves its own, the next one removes it.
+SCRATCH_PREFIX = "stepprune-bench-generate-"
+
+
+def _sweep_scratch() -> None:
+    """Remove the run folders of benches that were killed (their process is gone)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and sys.platform == "linux":
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_workers(model: str, device: str, dtype: str, units: int) -> dict[str, Any]:
     """Wall seconds of the same run with one and two Ray workers (fresh folders)."""
     from stepprune.experiment import run_experiment
 
     quiet = Console(quiet=True)
     seconds = {}
-    with tempfile.TemporaryDirectory() as scratch:
+    _sweep_scratch()
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
         for workers in (1, 2):
             config = RunConfig.from_flat(
                 model=model,
