@@ -101,3 +101,18 @@ def test_a_lone_surrogate_in_an_id_is_written_and_read_back(tmp_path: Path) -> N
     with RunFolder(tmp_path, {}, {}) as again:
         assert again.has_record(odd, 0, 0.0, "s") and (odd, 0) in again.traces
     assert [r.problem_id for r in load_run(tmp_path).records] == [odd]
+
+
+@pytest.mark.e2e
+def test_edited_forced_reasoning_is_refused_on_resume(tiny_r1_dir: Path, tmp_path: Path) -> None:
+    """A teacher-forced problem whose reasoning changed (its statement and answer did not): its
+    trace was forced with the old one, so the folder is refused, untouched."""
+    data, out = _write(tmp_path / "x.jsonl", PROBLEMS), tmp_path / "run"
+    first = _run(tiny_r1_dir, "--dataset", str(data), "--out", str(out), "--no-control")
+    assert first.exit_code == 0, first.output
+    before = _hashes(out)
+    edited = {**PROBLEMS[0], "reasoning": PROBLEMS[0]["reasoning"].replace("blue", "green")}
+    _write(data, [edited, PROBLEMS[1]])
+    line = _error_line(_run(tiny_r1_dir, "--dataset", str(data), "--out", str(out)))
+    assert "'a'" in line and "reasoning" in line and "dataset changed" in line, line
+    assert _hashes(out) == before

@@ -36,7 +36,7 @@ from stepprune.problems import load_problems
 from stepprune.reporting.run_outputs import write_run_outputs
 from stepprune.runfolder import RunFolder, RunFolderError
 from stepprune.runner import UnitResult, UnitRunner
-from stepprune.schema import Problem, Trace
+from stepprune.schema import Problem, Trace, forced_digest
 from stepprune.stages import DriverStages, Pool, WorkerStages
 from stepprune.workers import open_pool
 
@@ -125,6 +125,11 @@ class Experiment:
                 raise RunFolderError(
                     f"{folder.out}: problem {problem_id!r} differs from the one its traces were "
                     "made from (the dataset changed); use another --out"
+                )
+            if problem is not None and trace.forced and trace.forced != forced_digest(problem):
+                raise RunFolderError(
+                    f"{folder.out}: the reasoning of problem {problem_id!r} differs from the one "
+                    "its trace was forced with (the dataset changed); use another --out"
                 )
             if problem is not None and trace.gold is not None and trace.gold != problem.answer:
                 raise RunFolderError(
@@ -264,9 +269,11 @@ class Experiment:
         with self._progress() as progress:
             if untraced:
                 task = progress.add_task("tracing", total=len(untraced))
-                golds = {p.id: p.answer for p, _ in untraced}
+                given = {p.id: p for p, _ in untraced}
                 for trace in stages.traces(untraced):
-                    trace.gold = golds[trace.problem_id]  # what original_correct was graded on
+                    # What original_correct was graded on, and what the trace was forced with.
+                    trace.gold = given[trace.problem_id].answer
+                    trace.forced = forced_digest(given[trace.problem_id])
                     folder.add_trace(trace)
                     progress.advance(task)
             task = progress.add_task("re-evaluating", total=len(unfinished))

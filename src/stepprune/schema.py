@@ -7,6 +7,8 @@ Token positions are always indices into ``prompt_ids + output_ids`` of a trace, 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
@@ -135,6 +137,9 @@ class Trace(JsonMixin):
     # The reference answer ``original_correct`` was graded against (None: written before 0.3):
     # a dataset whose answer changed since is refused on resume.
     gold: str | None = None
+    # For a teacher-forced problem, ``forced_digest`` of the reasoning and final section it
+    # was forced with: an edited one is refused on resume.
+    forced: str | None = None
 
     @property
     def all_ids(self) -> list[int]:
@@ -149,6 +154,15 @@ class Trace(JsonMixin):
         trace = cls._from_fields(data)
         trace.steps = steps
         return trace
+
+
+def forced_digest(problem: Problem) -> str | None:
+    """A short hash of a teacher-forced problem's ``reasoning`` and ``final`` (None if it is
+    not teacher-forced)."""
+    if problem.reasoning is None:
+        return None
+    text = json.dumps([problem.reasoning, problem.final], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 @dataclass
