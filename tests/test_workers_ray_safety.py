@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -176,25 +177,32 @@ def test_more_workers_than_the_clusters_cpus_are_refused(monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_ends_a_workers_run_as_ctrl_c_does(tiny_r1_dir, tmp_path) -> None:
-    """SIGTERM while the workers run: the run ends without a traceback or Ray's native stack
-    dump, and leaves no Ray process behind."""
+@pytest.mark.parametrize("how", ["SIGTERM to the driver", "Ctrl-C to the process group"])
+def test_a_stopped_workers_run_ends_quietly(tiny_r1_dir, tmp_path, how) -> None:
+    """SIGTERM, or Ctrl-C as a terminal sends it (to the whole group: the reaper too), while the
+    workers run: the run ends without a traceback or Ray's native stack dump, and leaves no
+    Ray process behind."""
     require_ray()
     dataset, out = _dataset(tmp_path / "q.jsonl"), tmp_path / "run"
     command = _command(tiny_r1_dir, dataset, out, "--workers", "2")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    run = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
+    )
     below = []
     try:
         actors = lambda: [p for p in descendants(run.pid) if "RunnerActor" in cmdline(p[0])]  # noqa: E731
         assert wait_for(lambda: len(actors()) == 2 or run.poll() is not None, timeout=600)
         assert run.poll() is None
         below = descendants(run.pid)
-        run.terminate()
+        if how.startswith("SIGTERM"):
+            run.terminate()
+        else:
+            os.killpg(run.pid, signal.SIGINT)
         _, stderr = run.communicate(timeout=120)
         text = stderr.decode(errors="replace")
         assert run.returncode != 0
-        for sign in ("Traceback", "*** SIGTERM", "Stack trace", "Aborted at"):
+        for sign in ("Traceback", "KeyboardInterrupt", "*** SIG", "Stack trace", "Aborted at"):
             assert sign not in text, text[-3000:]
         survivors = lambda: [cmdline(p[0])[:80] for p in below if alive(p)]  # noqa: E731
         assert wait_for(lambda: not survivors(), timeout=30), survivors()
