@@ -435,3 +435,33 @@ def calibrate(
         highlight=False,
         soft_wrap=True,
     )
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    workload: Annotated[str, typer.Option(help="seed, or PxSxT[xK[xA]] (see bench)")] = "2x2x256",
+    measure: Annotated[int, typer.Option(help="Traces (trace batches) run; the rest scaled.")] = 1,
+    step_ms: Annotated[float | None, typer.Option(help="Per-forward ms to project.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="A one-layer stand-in model: counts only.")] = False,
+    random_weights: Annotated[
+        str | None, typer.Option(help="Config folder: random weights.")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 1,
+    model: ModelOpt = "bundled",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Per stage: seconds, sequential forwards, rows per forward, projected time at --step-ms."""
+    with user_errors():
+        from stepprune.bench import pipeline
+
+        load = pipeline.parse_workload(workload)
+        if random_weights is None:
+            loaded, tokenizer = _load_model(model, device, dtype)
+        else:
+            loaded, tokenizer = pipeline.random_weights(random_weights, dtype, device)
+        result = pipeline.run_pipeline_bench(
+            loaded, tokenizer, load, step_ms, measure, dry_run, threads
+        )
+    _print_json_or_table(result, as_json)

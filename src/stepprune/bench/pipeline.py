@@ -1,0 +1,263 @@
+"""``stepprune bench pipeline``: the experiment's stages on a described workload, counted.
+
+For each stage (``traces``, ``scoring``, ``text``, ``kv``, ``online``, ``grading``) it reports
+wall seconds, sequential forward passes (calls of the model's ``forward``: one decode step of a
+batch is one) and mean rows per forward, and with a per-forward latency (``step_ms``) the
+projected time of the same forwards. ``kv_unbatched`` is kv mode before batching (one keep mask
+at a time), for the before/after comparison.
+
+Lengths are forced so that random-weight models (which never stop) and real ones do the same
+work: traces are sampled to exactly ``tokens`` new tokens (no end-of-sequence id), answers run to
+exactly ``answer_tokens``, and online mode generates ``tokens`` tokens per threshold with a
+checkpoint every ``interval`` tokens. Re-evaluation and scoring run on a synthetic trace of
+``tokens`` reasoning tokens (``bench.common.synthetic_trace``) cut into 40-token steps.
+
+Stages are run for ``measure`` traces (trace generation: ``measure`` batches) and scaled to the
+workload's trace count: with forced lengths every trace (every full batch) does the same forwards.
+``dry_run`` swaps the model for a one-layer random-weight stand-in of the same vocabulary, so the
+counts of a large workload come quickly; the counts do not depend on the model's size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from stepprune.bench.common import synthetic_trace
+from stepprune.context import closing_ids
+from stepprune.decoding import SamplingConfig, StopRule
+from stepprune.engines.hf import DEFAULT_BATCH_SIZE, HFEngine
+from stepprune.kvcache import FULL, decode_greedy, decode_greedy_rows, prefill
+from stepprune.modes.kv import kept_entries
+from stepprune.modes.online import OnlineConfig, OnlinePruner
+from stepprune.session import Session
+
+STAGES = ("traces", "scoring", "text", "kv", "online", "grading")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the experiment runs: ``problems`` x ``samples`` traces of ``tokens`` reasoning
+    tokens, ``thresholds`` keep masks plus the random control per trace (text, kv), answers of
+    ``answer_tokens``, online checkpoints every ``interval`` tokens."""
+
+    problems: int = 2
+    samples: int = 2
+    tokens: int = 256
+    thresholds: int = 6
+    answer_tokens: int = 16
+    interval: int = 256
+    batch: int = DEFAULT_BATCH_SIZE  # hf engine rows per generate call
+
+    @property
+    def traces(self) -> int:
+        return self.problems * self.samples
+
+
+# The seed's experiment: AIME 2024 (30 problems) x 4 samples, ~12k-token traces, 6 thresholds.
+WORKLOADS = {"seed": Workload(30, 4, 12288, 6, 512, 256)}
+
+
+def parse_workload(text: str) -> Workload:
+    """``seed``, or ``PxSxT[xK[xA]]``: problems, samples, reasoning tokens, thresholds, answer
+    tokens (e.g. ``4x2x2048x6x64``)."""
+    if text in WORKLOADS:
+        return WORKLOADS[text]
+    try:
+        numbers = [int(part) for part in text.split("x")]
+    except ValueError:
+        numbers = []
+    if not 3 <= len(numbers) <= 5 or min(numbers) < 1:
+        raise ValueError(
+            f"--workload {text!r}: use {', '.join(WORKLOADS)} or PxSxT[xK[xA]] "
+            "(problems x samples x tokens x thresholds x answer tokens), all >= 1"
+        )
+    return Workload(*numbers)
+
+
+class ForwardCounter:
+    """Counts calls of ``model.forward`` and the rows (batch size) of each."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.forwards = self.rows = 0
+        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        self.forwards += 1
+        self.rows += int(ids.shape[0]) if ids is not None else 1
+
+
+def stand_in(model: PreTrainedModel) -> PreTrainedModel:
+    """A one-layer, 64-wide random-weight model with ``model``'s vocabulary (``--dry-run``)."""
+    config = AutoConfig.for_model(
+        "qwen2",
+        vocab_size=model.config.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1 << 17,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def random_weights(config_dir: str, dtype: str, device: str):
+    """A model built from ``config_dir``'s ``config.json`` with random weights (``auto``
+    device and dtype as for ``load_model``), and the folder's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from stepprune.models import _resolve_device, _resolve_dtype
+
+    where = _resolve_device(device)
+    config = AutoConfig.from_pretrained(config_dir)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=_resolve_dtype(dtype, where))
+    return model.to(where).eval(), AutoTokenizer.from_pretrained(config_dir)
+
+
+def _measure(model: PreTrainedModel, fn: Callable[[], object], scale: float) -> dict:
+    counter = ForwardCounter(model)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    start = time.perf_counter()
+    try:
+        fn()
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+    finally:
+        counter.handle.remove()
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds * scale,
+        "forwards": round(counter.forwards * scale),
+        "rows_per_forward": counter.rows / counter.forwards if counter.forwards else 0.0,
+        "measured_seconds": seconds,
+        "scale": scale,
+    }
+
+
+def run_pipeline_bench(
+    model: PreTrainedModel,
+    tokenizer,
+    workload: Workload,
+    step_ms: float | None = None,
+    measure: int = 1,
+    dry_run: bool = False,
+    threads: int = 1,
+) -> dict:
+    """Measure every stage (see the module docstring); returns the JSON object. ``threads``
+    pins torch's CPU threads (0: leave torch's default): on a shared machine more threads than
+    free cores park and run several times slower."""
+    if threads:
+        torch.set_num_threads(threads)
+    if dry_run:
+        model = stand_in(model)
+    session = Session(model, tokenizer, scorer="attention", policy="percentile")
+    trace = synthetic_trace(tokenizer, workload.tokens + 8)
+    measure = max(1, min(measure, workload.traces))
+    per_trace = workload.traces / measure
+    never = StopRule(tokenizer, [], box_prefix=None)
+    rng = np.random.default_rng(0)
+    thresholds = np.linspace(0.0, 0.5, workload.thresholds).tolist()
+    scores = rng.random(len(trace.steps))
+    masks = list(session.keep_masks(scores, thresholds))
+    masks.append(tuple(bool(b) for b in rng.random(len(trace.steps)) < 0.7))  # the control
+    distinct = list(dict.fromkeys(masks))
+    pad = session.pad_id
+    stages: dict[str, dict] = {}
+
+    # Traces: the hf engine, static batches, every row forced to ``tokens`` new tokens.
+    engine = HFEngine(model, tokenizer, [], pad, workload.batch)
+    rows = min(workload.batch, workload.traces)
+    batches = math.ceil(workload.traces / workload.batch)
+    sampling = SamplingConfig(max_new_tokens=workload.tokens, temperature=1.0, top_p=0.95)
+    prompts = [trace.prompt_ids] * rows
+    run_batches = min(measure, batches)
+    stages["traces"] = _measure(
+        model,
+        lambda: [engine.sample(prompts, list(range(rows)), sampling) for _ in range(run_batches)],
+        batches / run_batches,
+    )
+
+    def each(fn: Callable[[], object]) -> Callable[[], None]:
+        return lambda: [fn() for _ in range(measure)]
+
+    stages["scoring"] = _measure(
+        model, each(lambda: session.scorer.score(model, trace, session.format)), per_trace
+    )
+    contexts = [
+        trace.all_ids[: trace.reasoning_end]
+        if all(keep)
+        else [trace.all_ids[p] for p in np.flatnonzero(kept_entries(trace, keep).numpy())]
+        + closing_ids(session.format, trace, keep)
+        for keep in distinct
+    ]
+    stages["text"] = _measure(
+        model,
+        each(lambda: engine.greedy(contexts, workload.answer_tokens, box_prefix=None)),
+        per_trace,
+    )
+    cues = [closing_ids(session.format, trace, keep) for keep in distinct]
+    entries = [kept_entries(trace, keep) for keep in distinct]
+
+    def kv(batched: bool) -> None:
+        full, _ = prefill(model, trace.all_ids[: trace.reasoning_end])
+        if not batched:
+            for e, cue in zip(entries, cues, strict=True):
+                decode_greedy(model, full.gather(e), cue, workload.answer_tokens, never)
+            return
+        lengths = {kind: [len(p)] * len(entries) for kind, p in full.positions.items()}
+        lengths[FULL] = [int(e.sum()) for e in entries]
+        states = (full.gather(e) for e in entries)
+        decode_greedy_rows(model, states, lengths, cues, workload.answer_tokens, never)
+
+    stages["kv"] = _measure(model, each(lambda: kv(True)), per_trace)
+    kv_before = _measure(model, each(lambda: kv(False)), per_trace)
+
+    online_session = Session(model, tokenizer, scorer="attention:query=probe", policy="percentile")
+
+    def online() -> None:
+        online_sampling = replace(sampling, top_p=1.0)
+        for threshold in thresholds:  # one generation per threshold, as the mode runs them
+            config = OnlineConfig(online_session.policy, threshold, interval=workload.interval)
+            pruner = OnlinePruner(online_session, config)
+            pruner.eos_ids = []  # forced length
+            pruner.run(trace.prompt_ids, online_sampling, 0)
+
+    stages["online"] = _measure(model, each(online), per_trace)
+
+    from stepprune.grading import Grader
+
+    answers = [f"The answer is \\boxed{{{i}}}." for i in range(len(masks))]
+    with Grader() as grader:
+        stages["grading"] = _measure(
+            model, each(lambda: [grader.grade("3", a) for a in answers]), per_trace
+        )
+    for stage in [*stages.values(), kv_before]:
+        if step_ms is not None:
+            stage["projected_seconds"] = stage["forwards"] * step_ms / 1000
+    return {
+        "workload": asdict(workload) | {"traces": workload.traces},
+        "masks_per_trace": len(distinct),
+        "dry_run": dry_run,
+        "measured_traces": measure,
+        "step_ms": step_ms,
+        "device": str(model.device),
+        "dtype": str(model.dtype),
+        "threads": torch.get_num_threads(),
+        "stages": stages,
+        "kv_unbatched": kv_before,
+    }

@@ -1,0 +1,42 @@
+"""``bench pipeline``: every stage counted, batched kv in fewer forwards, dry-run counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from stepprune.bench.pipeline import STAGES, Workload, parse_workload, run_pipeline_bench
+from tests.test_bench import tiny  # noqa: F401 (fixture)
+
+SMALL = Workload(problems=2, samples=1, tokens=128, thresholds=2, answer_tokens=3, interval=16)
+
+
+def test_stages_counted_kv_batched_and_dry_run_counts_equal_a_real_run(tiny) -> None:  # noqa: F811
+    result = run_pipeline_bench(*tiny, SMALL, step_ms=25.0, measure=2)
+    assert set(result["stages"]) == set(STAGES)
+    for name, stage in result["stages"].items():
+        assert stage["seconds"] >= 0 and stage["projected_seconds"] == pytest.approx(
+            stage["forwards"] * 0.025
+        )
+        assert (stage["forwards"] > 0) == (name != "grading")
+    kv, before = result["stages"]["kv"], result["kv_unbatched"]
+    masks = result["masks_per_trace"]
+    # Per trace: one prefill, one cue forward, then answer_tokens - 1 decode steps.
+    assert kv["forwards"] == SMALL.traces * (2 + SMALL.answer_tokens - 1)
+    assert before["forwards"] == SMALL.traces * (1 + masks * (1 + SMALL.answer_tokens))
+    assert masks > 1
+    assert kv["rows_per_forward"] > 1
+    assert result["stages"]["traces"]["forwards"] == SMALL.tokens  # one batch of 2 rows
+    real = result
+    dry = run_pipeline_bench(*tiny, SMALL, measure=2, dry_run=True)
+    for name in ("traces", "scoring", "text", "kv", "grading"):
+        assert dry["stages"][name]["forwards"] == real["stages"][name]["forwards"], name
+    # Online: the same decode steps; probe forwards depend on where the text has steps.
+    decode = SMALL.traces * SMALL.thresholds * (1 + SMALL.tokens)
+    assert dry["stages"]["online"]["forwards"] >= decode
+
+
+def test_workload_names_and_shapes() -> None:
+    assert parse_workload("seed").traces == 120 and parse_workload("seed").tokens == 12288
+    assert parse_workload("4x2x2048x6x64") == Workload(4, 2, 2048, 6, 64)
+    with pytest.raises(ValueError, match="PxSxT"):
+        parse_workload("4x2")
