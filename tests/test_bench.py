@@ -130,6 +130,7 @@ def test_kv_bench_is_exact_and_the_budget_lowers_the_peak(tiny) -> None:
         run_kv_bench(*tiny, tokens=64)
 
 
+@pytest.mark.e2e
 def test_kv_bench_batched_answers_are_identical(tiny) -> None:
     result = run_kv_bench(*tiny, tokens=256, answer_tokens=3, decode_tokens=2)
     assert result.kv_batched_identical
