@@ -14,8 +14,8 @@ parentheses):
 - ``attribution``: gradient of log p(answer) with respect to a per-step scale on the attention
   the answer pays to the step (attribution patching of attention knockout; an oracle);
 - ``forced-answer``: rise of log p(answer) when the reasoning stops after the step;
-- ``resampling[:k=K,seed=S,max_new_tokens=M,temperature=T]``: change of the sampled answers'
-  distribution with the step (Thought Anchors);
+- ``resampling[:k=K,seed=S,max_new_tokens=M,temperature=T]``: change of the distribution of answers
+  sampled right after the prefix with the step (not Thought Anchors' counterfactual importance);
 - ``mix:a=SPEC,b=SPEC,w=W``: ``W * a + (1 - W) * b``;
 - baselines ``random[:seed=N]``, ``length``, ``position``, ``uniform``, ``form`` (numbers and
   ``=`` signs in the step).

@@ -1,5 +1,10 @@
-"""The resampling scorer: counterfactual importance by sampling answers with and without a step
-(Thought Anchors, arXiv 2506.19143, cut down to answers only so that it stays cheap).
+"""The resampling scorer: how much the distribution of *answers sampled right after a prefix*
+changes when the prefix gains the step. A sampled forced-answer; not Thought Anchors'
+counterfactual importance (arXiv 2506.19143), which regenerates the rest of the chain of thought
+from the prefix without sentence i, keeps only resamples whose replacement sentence differs
+semantically from the removed one (a sentence embedding), and measures the accuracy or KL change
+over many rollouts. Here no reasoning is regenerated and nothing is filtered, so it stays cheap;
+read its scores as "resampled answers after the prefix", not as counterfactual importance.
 
 Spec: ``resampling[:k=K,seed=S,max_new_tokens=M,temperature=T]``, defaults ``k=4, seed=0,
 max_new_tokens=64, temperature=0.6`` (top-p 0.95, the reasoning-model default). With ``c_j`` the
