@@ -235,3 +235,14 @@ def test_a_scorer_without_correlation_is_null_in_strict_json() -> None:
     result = RunScorerResult("uniform", math.nan, (math.nan, math.nan), {"0.0": 0.5})
     data = json.loads(json.dumps(result.to_json(), allow_nan=False))  # NaN would raise here
     assert data["spearman"] is None and data["ci95"] == [None, None]
+
+
+def test_oracles_are_marked() -> None:
+    from stepprune.bench.run_scorers import RunBenchResult, RunScorerResult, run_results_markdown
+
+    oracle = RunScorerResult("attribution", 0.8, (0.6, 0.9), {"0.0": 0.5}, oracle=True)
+    plain = RunScorerResult("attention", 0.1, (0.0, 0.2), {"0.0": 0.5})
+    assert oracle.to_json()["oracle"] is True and plain.to_json()["oracle"] is False
+    result = RunBenchResult("run", "m", "d", [oracle, plain], "random:seed=0", {"0.0": 0.5}, 2)
+    table = run_results_markdown(result)
+    assert "| `attribution` (oracle) | 0.800 |" in table and "| `attention` | 0.100 |" in table
