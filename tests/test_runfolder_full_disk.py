@@ -121,3 +121,23 @@ def test_a_run_on_a_full_disk_resumes_to_the_records_of_an_uninterrupted_run(
             assert {key(r): pick(r) for r in rows} == {key(r): pick(r) for r in expected}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["thresholds"] == json.loads((whole / "summary.json").read_text())["thresholds"]
+
+
+def test_bench_scorers_cache_on_a_full_disk_keeps_whole_rows(tmpfs: Path) -> None:
+    """`bench scorers --run`'s cache: a failed append leaves the file and its memory copy as
+    they were, and a later append, once space is freed, is read back whole."""
+    from stepprune.bench.run_scorers import SCORES_KIND, BenchCache
+
+    out = tmpfs / "run"
+    out.mkdir()
+    cache = BenchCache(out)
+    row = {"kind": SCORES_KIND, "problem_id": "a", "sample": 0, "scorer": "s"}
+    cache.append([{**row, "importances": [0.5] * 10}])
+    filler = _fill(tmpfs, PAGE // 4)
+    with pytest.raises(RunFolderError, match=f"^{out}: cannot write bench_scorers.jsonl"):
+        cache.append([{**row, "scorer": f"s{i}", "importances": [0.25] * 2000} for i in range(3)])
+    _complete_lines(out)
+    assert set(BenchCache(out).scores) == {("a", 0, "s")}
+    filler.unlink()
+    cache.append([{**row, "scorer": "t", "importances": [1.0]}])
+    assert set(BenchCache(out).scores) == {("a", 0, "s"), ("a", 0, "t")}
