@@ -251,7 +251,14 @@ def test_default_scorers_build_and_cover_every_family() -> None:
     assert queries == {"last", "reasoning_end", "answer", "probe"}
     # Oracles: what reads the reference answer, or the teacher-forced answer section.
     oracles = {b.spec.split(":")[0] for b in built if b.oracle_on_teacher_forced}
-    assert oracles == {"ablation", "forced-answer", "attribution", "attention", "mix"}
+    assert oracles == {
+        "ablation",
+        "forced-answer",
+        "attribution",
+        "attention",
+        "mix",
+        "step-redundancy",
+    }
     assert not SCORERS.build("attention:query=reasoning_end").oracle_on_teacher_forced
     assert not SCORERS.build("attention:query=probe").oracle_on_teacher_forced
     assert SCORERS.build("attention:query=answer").oracle_on_teacher_forced
