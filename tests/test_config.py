@@ -47,6 +47,10 @@ def test_old_flags_and_spec_options_give_the_same_config() -> None:
         ({"thresholds": [1.0]}, "outside \\[0, 1\\)"),
         ({"segmenter": "words"}, "--segmenter 'words'"),
         ({"workers": 0}, "--workers must be >= 1"),
+        ({"seed": "x"}, "setting seed='x': expected int"),
+        ({"max_new_tokens": 10.7}, "setting max_new_tokens=10.7: expected int"),
+        ({"samples": True}, "setting samples=True: expected int"),
+        ({"thresholds": [0.1, 0.1000001]}, "0.1 and 0.1000001 are the same to 6 decimals"),
     ],
 )
 def test_each_part_refuses_its_bad_settings(settings: dict, message: str) -> None:
@@ -83,6 +87,11 @@ def test_the_plan_controls_the_scorer_except_online() -> None:
     )
     assert RunConfig.from_flat(mode="online").plan().control is None
     assert RunConfig.from_flat(control=False).plan().control is None
+
+
+def test_equal_thresholds_merge_and_numbers_of_either_kind_are_taken() -> None:
+    config = RunConfig.from_flat(thresholds=[0.5, 0.1, 0.5], temperature=1, seed=3)
+    assert config.strategies.thresholds == (0.1, 0.5) and config.sampling.temperature == 1
 
 
 def test_an_unknown_setting_is_refused() -> None:

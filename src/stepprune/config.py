@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,27 @@ def _identity(name: str) -> dict[str, str]:
     return {IDENTITY: name}
 
 
+def check_types(part: Any) -> None:
+    """Refuse a setting of the wrong type (``seed="x"``, ``max_new_tokens=10.7``) given in
+    Python; the CLI's parser converts its own."""
+    hints = typing.get_type_hints(type(part))
+    for f in dataclasses.fields(part):
+        value, expected = getattr(part, f.name), hints[f.name]
+        origin = typing.get_origin(expected)
+        if origin not in (None, typing.Union, types.UnionType):
+            continue  # a container (thresholds): its items are checked where it is used
+        allowed = typing.get_args(expected) if origin else (expected,)
+        allowed = tuple(t for t in allowed if isinstance(t, type))
+        if float in allowed:
+            allowed += (int,)
+        if not allowed or value is None and type(None) in allowed:
+            continue
+        wrong_bool = isinstance(value, bool) and bool not in allowed
+        if wrong_bool or not isinstance(value, allowed):
+            names = " or ".join(t.__name__ for t in allowed if t is not type(None))
+            raise ValueError(f"setting {f.name}={value!r}: expected {names}")
+
+
 def _at_least(option: str, value: float, minimum: float) -> None:
     if not value >= minimum:  # also refuses nan, which compares false
         raise ValueError(f"{option} must be >= {minimum:g}, got {value}")
@@ -61,6 +85,7 @@ class ModelSettings:
     load_in_4bit: bool = field(default=False, metadata=_identity("load_in_4bit"))
 
     def __post_init__(self) -> None:
+        check_types(self)
         check_model_options(self.device, self.dtype, self.load_in_4bit)
 
     def dtype_name(self) -> str:
@@ -81,6 +106,7 @@ class DataSettings:
     samples: int = 1
 
     def __post_init__(self) -> None:
+        check_types(self)
         _at_least("--samples", self.samples, 1)
         if self.limit is not None:
             _at_least("--limit", self.limit, 1)
@@ -103,6 +129,7 @@ class StrategySettings:
     answer_max_tokens: int = field(default=512, metadata=_identity("answer_max_tokens"))
 
     def __post_init__(self) -> None:
+        check_types(self)
         _at_least("--answer-max-tokens", self.answer_max_tokens, 1)
         if not self.thresholds:
             raise ValueError("--thresholds: give at least one threshold")
@@ -111,6 +138,14 @@ class StrategySettings:
                 raise ValueError(f"--thresholds: {t} is outside [0, 1)")
         # Sorted, without duplicates, rounded like threshold keys (0.1 * 3 is 0.3).
         rounded = tuple(sorted({round(float(t), 6) for t in self.thresholds}))
+        distinct = sorted(set(map(float, self.thresholds)))
+        if len(rounded) != len(distinct):
+            close = next(
+                (a, b) for a, b in itertools.pairwise(distinct) if round(a, 6) == round(b, 6)
+            )
+            raise ValueError(
+                f"--thresholds: {close[0]!r} and {close[1]!r} are the same to 6 decimals"
+            )
         object.__setattr__(self, "thresholds", rounded)
         Segmenter(self.segmenter, self.min_step_chars)  # validates
 
@@ -123,6 +158,7 @@ class Placement:
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
+        check_types(self)
         _at_least("--workers", self.workers, 1)
         if self.uses_ray and not importlib.util.find_spec("ray"):
             raise ValueError(
@@ -165,6 +201,8 @@ class RunConfig:
     out: str | None = None
 
     def __post_init__(self) -> None:
+        check_types(self)
+        check_types(self.sampling)  # decoding's part: its types too
         if not self.grade_timeout > 0:
             raise ValueError(f"grade timeout must be > 0 s, got {self.grade_timeout}")
 
