@@ -28,6 +28,12 @@ def test_mode_options_enter_the_identity_under_their_0_2_keys() -> None:
     assert online == {**IDENTITY_0_2, "mode": "online", "interval": 16, "budget": 100}
 
 
+def test_a_mode_option_added_since_0_2_enters_the_identity_only_off_its_default() -> None:
+    assert RunConfig.from_flat(mode="online:scope=cached").identity()["mode"] == "online"
+    assert "scope" not in RunConfig.from_flat(mode="online:scope=cached").identity()
+    assert RunConfig.from_flat(mode="online:scope=reasoning").identity()["scope"] == "reasoning"
+
+
 def test_old_flags_and_spec_options_give_the_same_config() -> None:
     flags = RunConfig.from_flat(mode="kv", positions="rerotate", engine="vllm",
                                 tensor_parallel_size=2, gpu_memory_utilization=0.5)  # fmt: skip

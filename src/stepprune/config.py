@@ -295,7 +295,14 @@ class RunConfig:
         mode = MODES.build(self.strategies.mode)
         found["mode"] = mode.name
         found.update(LEGACY_MODE_OPTIONS)
-        found.update({f.name: getattr(mode, f.name) for f in mode.spec_fields()})
+        # An option added since keeps the identity of older folders while it has its default.
+        found.update(
+            {
+                f.name: getattr(mode, f.name)
+                for f in mode.spec_fields()
+                if f.name in LEGACY_MODE_OPTIONS or getattr(mode, f.name) != f.default
+            }
+        )
         return found
 
     def to_json(self) -> dict[str, Any]:
