@@ -10,6 +10,7 @@ from tests.test_bench import tiny  # noqa: F401 (fixture)
 SMALL = Workload(problems=2, samples=1, tokens=128, thresholds=2, answer_tokens=3, interval=16)
 
 
+@pytest.mark.e2e
 def test_stages_counted_kv_batched_and_dry_run_counts_equal_a_real_run(tiny) -> None:  # noqa: F811
     result = run_pipeline_bench(*tiny, SMALL, step_ms=25.0, measure=2)
     assert set(result["stages"]) == set(STAGES)
