@@ -111,6 +111,8 @@ def test_writer_finds_legacy_controls_done_for_the_first_scorer_only(tmp_path: P
     legacy = make_record("p1", 0, 0.5, False, [1, 2], LEGACY)
     (tmp_path / RECORDS_FILE).write_text(json.dumps(records[0].to_json()) + "\n")
     (tmp_path / CONTROLS_FILE).write_text(json.dumps(legacy.to_json()) + "\n")
+    # A folder of results is only resumed with its config.json (a pre-0.2 one has identity).
+    (tmp_path / "config.json").write_text(json.dumps({"identity": {"model": "m"}}))
     with RunFolder(tmp_path, {"model": "m"}, {}) as folder:
         assert folder.has_record("p1", 0, 0.5, _control(ATT))
         assert not folder.has_record("p1", 0, 0.5, _control("uniform"))
