@@ -145,10 +145,12 @@ def bench_scorers(
     planted: Annotated[
         str,
         typer.Option(
-            help="Planted set: semantic (necessary steps are needed by the derivation; the "
-            "last one states the answer) | causal (each is needed by the answer itself)."
+            help="Planted set: matched (planted steps are distractor computations of the "
+            "necessary steps' form and length) | semantic (necessary steps are needed by the "
+            "derivation; the last one states the answer) | causal (each is needed by the "
+            "answer itself)."
         ),
-    ] = "semantic",
+    ] = "matched",
     run_dir: Annotated[
         Path | None,
         typer.Option(
