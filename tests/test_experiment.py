@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stepprune.cli import app
+from stepprune.policies import POLICIES
 from tests.conftest import DATA
 
 runner = CliRunner()
@@ -155,7 +156,7 @@ def test_run_accepts_every_kind_of_scorer(
     assert len(records) == 4
     spec = records[0]["scorer"]
     assert spec.split(":")[0] == scorer.split(":")[0] and {r["scorer"] for r in records} == {spec}
-    assert {r["policy"] for r in records} == {policy}
+    assert {r["policy"] for r in records} == {POLICIES.build(policy).spec}  # canonical spec
     traces = _lines(out / "traces.jsonl")
     assert all(abs(sum(s["importance"] for s in t["steps"]) - 1) < 1e-6 for t in traces)
 

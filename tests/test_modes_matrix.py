@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stepprune.cli import app
+from stepprune.policies import POLICIES as POLICY_REGISTRY
 from stepprune.runfolder import is_control
 
 pytestmark = pytest.mark.e2e
@@ -63,7 +64,8 @@ def test_mode_scorer_policy(
     records = _lines(out / "records.jsonl")
     controls = _lines(out / "controls.jsonl")
     assert len(records) == 2  # problems x thresholds
-    assert {r["mode"] for r in records} == {mode} and {r["policy"] for r in records} == {policy}
+    canonical = POLICY_REGISTRY.build(policy).spec  # records carry the canonical spec
+    assert {r["mode"] for r in records} == {mode} and {r["policy"] for r in records} == {canonical}
     specs = {r["scorer"] for r in records}
     assert len(specs) == 1 and not is_control(specs.pop())
     summary = json.loads((out / "summary.json").read_text())

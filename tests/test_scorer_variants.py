@@ -95,11 +95,15 @@ def test_attention_variants_match_eager(arch: str, scorer: AttentionScorer, r1_t
 
 def test_probe_queries_are_the_probe_tokens_after_the_reasoning(r1_tokenizer) -> None:
     fmt, trace = _trace(r1_tokenizer)
-    ids, positions = AttentionScorer(query="probe")._queries(trace, fmt)
+    ids, positions = AttentionScorer(query="probe", probe_tokens="all")._queries(trace, fmt)
     assert ids[: trace.reasoning_end] == trace.all_ids[: trace.reasoning_end]
     probe_text = r1_tokenizer.decode(ids[positions[0] :])
     assert probe_text.startswith("\n\nTime is up.") and probe_text.endswith("</think>\n\n")
     assert "boxed{34}" not in r1_tokenizer.decode(ids)  # the original answer is not in the input
+    # By default (Think Clearly) the query is the probe's end-of-thinking token alone.
+    same_ids, (last,) = AttentionScorer(query="probe")._queries(trace, fmt)
+    assert same_ids == ids and last in positions
+    assert r1_tokenizer.decode(ids[last : last + 1]).strip() == "</think>"
 
 
 def test_answer_queries_span_the_answer_section(r1_tokenizer) -> None:
