@@ -89,27 +89,7 @@ def build_scenario(
     chosen = sorted(rng.sample(range(len(theme.items)), count))
     items = [theme.items[i] for i in chosen]
     person = {"name": name, "he": he, "his": his, "He": _capital(he)}
-    calcs, clauses = [], []
-    results: set[int] = set()
-    for item in items:
-        while True:
-            left, right = theme.operands(rng)
-            calc = _step(left, theme.op, right, "", "", "")
-            if MIN_RESULT <= calc.result <= MAX_RESULT and calc.result not in results:
-                break
-        results.add(calc.result)
-        fields = {**person, "item": item, "Item": _capital(item), "left": left, "right": right}
-        calcs.append(
-            _step(
-                left,
-                theme.op,
-                right,
-                theme.what.format(**fields),
-                theme.before.format(**fields),
-                theme.after.format(**fields),
-            )
-        )
-        clauses.append(theme.clause.format(**fields))
+    calcs, clauses = draw_calcs(theme, items, person, rng)
     fields = {**person, "items": _and(items), "count": count, "clauses": _and(clauses)}
     order = "the numbers" if count > 2 else "both numbers"
     question = (
@@ -267,3 +247,32 @@ THEMES: dict[str, _Theme] = {
         ),
     ),
 }
+
+
+def draw_calcs(
+    theme: _Theme, items: list[str], person: dict[str, str], rng: random.Random
+) -> tuple[list[_Calc], list[str]]:
+    """One calculation and one question clause per item; operands are redrawn until every
+    result has two digits and the results differ (shared by the causal and matched sets)."""
+    calcs, clauses = [], []
+    results: set[int] = set()
+    for item in items:
+        while True:
+            left, right = theme.operands(rng)
+            result = _step(left, theme.op, right, "", "", "").result
+            if MIN_RESULT <= result <= MAX_RESULT and result not in results:
+                break
+        results.add(result)
+        fields = {**person, "item": item, "Item": _capital(item), "left": left, "right": right}
+        calcs.append(
+            _step(
+                left,
+                theme.op,
+                right,
+                theme.what.format(**fields),
+                theme.before.format(**fields),
+                theme.after.format(**fields),
+            )
+        )
+        clauses.append(theme.clause.format(**fields))
+    return calcs, clauses

@@ -28,16 +28,14 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-from stepprune.planted.calcs import _Calc, _step
+from stepprune.planted.calcs import _Calc
 from stepprune.planted.causal import results_written_once
 from stepprune.planted.causal_scenarios import (
     ANSWER_SEPARATOR,
-    MAX_RESULT,
-    MIN_RESULT,
     THEMES,
     _and,
     _capital,
-    _Theme,
+    draw_calcs,
 )
 from stepprune.planted.generate import PARAGRAPH_SEPARATOR
 from stepprune.planted.planting import (
@@ -82,34 +80,6 @@ def _step_text(calc: _Calc, rng: random.Random) -> str:
     return f"{lead}{calc.text}{tail}"
 
 
-def _draw_calcs(
-    theme: _Theme, items: list[str], person: dict[str, str], rng: random.Random
-) -> tuple[list[_Calc], list[str]]:
-    """One calculation and one question clause per item; results two-digit and distinct."""
-    calcs, clauses = [], []
-    results: set[int] = set()
-    for item in items:
-        while True:
-            left, right = theme.operands(rng)
-            result = _step(left, theme.op, right, "", "", "").result
-            if MIN_RESULT <= result <= MAX_RESULT and result not in results:
-                break
-        results.add(result)
-        fields = {**person, "item": item, "Item": _capital(item), "left": left, "right": right}
-        calcs.append(
-            _step(
-                left,
-                theme.op,
-                right,
-                theme.what.format(**fields),
-                theme.before.format(**fields),
-                theme.after.format(**fields),
-            )
-        )
-        clauses.append(theme.clause.format(**fields))
-    return calcs, clauses
-
-
 def _draw(index: int, rng: random.Random) -> tuple[Problem, list[_Calc], list[str]]:
     """One draw of a matched problem, its calculations and paragraphs (not yet checked)."""
     theme_name = rng.choice(list(THEMES))
@@ -124,7 +94,7 @@ def _draw(index: int, rng: random.Random) -> tuple[Problem, list[_Calc], list[st
     # classes of steps are exchangeable.
     asked = set(rng.sample(range(len(chosen)), n_asked))
     items = [all_items[i] for i in chosen]
-    calcs, clauses = _draw_calcs(theme, items, person, rng)
+    calcs, clauses = draw_calcs(theme, items, person, rng)
     asked_items = [item for k, item in enumerate(items) if k in asked]
     fields = {**person, "items": _and(asked_items), "count": n_asked, "clauses": _and(clauses)}
     order = "the numbers" if n_asked > 2 else "both numbers"
