@@ -259,12 +259,20 @@ class RunConfig:
         default = DEFAULT_ONLINE_SCORER if mode.decides_online else DEFAULT_SCORER
         scorer = _build(SCORERS, "--scorer", s.scorer or default)
         mode.check(scorer)
+        engine = _build(ENGINES, "--engine", s.engine)
+        if mode.decides_online and engine.location == "driver":
+            # Online mode prunes the cache while it decodes, on transformers: the engine would
+            # start unused and label the records with its name.
+            raise ValueError(
+                f"--engine {engine.name} cannot decode --mode {mode.name} "
+                "(it prunes the cache while decoding, on transformers); use --engine hf"
+            )
         controlled = s.control and not mode.decides_online
         return RunPlan(
             scorer=scorer,
             policy=_build(POLICIES, "--policy", s.policy),
             mode=mode,
-            engine=_build(ENGINES, "--engine", s.engine),
+            engine=engine,
             segmenter=Segmenter(s.segmenter, s.min_step_chars),
             thresholds=s.thresholds,
             control=control_spec(self.seed, scorer.spec) if controlled else None,

@@ -59,13 +59,6 @@ class Experiment:
         # Everything that can be checked without the model is checked here, before any file
         # is written or the model is loaded.
         self.plan = config.plan()
-        if self.plan.mode.decides_online and self.plan.engine.location == "driver":
-            # Online mode prunes the cache while it decodes, on transformers: the engine would
-            # start unused and label the records with its name.
-            raise ValueError(
-                f"--engine {self.plan.engine.name} cannot decode --mode {self.plan.mode.name} "
-                "(it prunes the cache while decoding, on transformers); use --engine hf"
-            )
         self.plan.engine.check()
         data = config.data
         self.problems = load_problems(
