@@ -347,7 +347,7 @@ def run_scorers_benchmark(
     console = console or Console(stderr=True)
     # Opened as the run's own writer would: the same identity, the folder's lock held, torn last
     # lines cut; config.json is not rewritten.
-    with RunFolder(folder_path, identity, config) as folder:
+    with RunFolder(folder_path, identity, config, option="--run") as folder:
         run = folder.run()
         cache = BenchCache(folder.out)
         items, skipped = _problems(run)
