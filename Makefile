@@ -26,9 +26,10 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
-# The fast tier: everything but the bundled model (slow) and the end-to-end runs (e2e).
+# The fast tier: everything but the bundled model (slow) and the end-to-end runs (e2e), in one
+# process per core (pytest-xdist; each test process keeps torch to one thread, see conftest.py).
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not slow and not e2e"; status=$$?; \
+	$(BIN)/python -m pytest -q -n auto -m "not slow and not e2e"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: $(VENV)/.installed

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 # Before transformers/huggingface_hub are imported: they read it once, at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One thread per test process: under pytest-xdist two processes share the two cores, and a
+# second torch thread each parks more than it computes (see the README on timings).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 
@@ -96,12 +100,35 @@ def qwen25_tokenizer() -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(QWEN25)
 
 
+def small_vocabulary(
+    tokenizer: PreTrainedTokenizerBase, size: int = 512
+) -> PreTrainedTokenizerBase:
+    """``tokenizer`` retrained to about ``size`` tokens on GSM8K's first problems and solutions.
+
+    The pre-tokenizer, the added tokens (``<think>``, ``</think>``, the special tokens) and the
+    chat template are kept, and byte-level BPE still encodes any text. Loading it takes
+    milliseconds instead of seconds, and a model over it computes a 512-wide head instead of a
+    151,936-wide one: this is what makes runs on a tiny model fast in tests.
+    """
+    lines = (DATA / "gsm8k_test.jsonl").read_text(encoding="utf-8").splitlines()[:200]
+    corpus = [f"{row['problem']}\n{row['solution']}" for row in map(json.loads, lines)]
+    return tokenizer.train_new_from_iterator(corpus, vocab_size=size)
+
+
 @pytest.fixture(scope="session")
 def tiny_r1_dir(tmp_path_factory, r1_tokenizer) -> Path:
-    """A saved model folder: tiny random Qwen2 weights with the real R1-distill tokenizer."""
+    """A saved model folder: tiny random Qwen2 weights with the R1-distill tokenizer retrained to
+    a small vocabulary (``small_vocabulary``: same chat template and added tokens, new ids)."""
     folder = tmp_path_factory.mktemp("tiny-r1")
-    model = tiny_model("qwen2", eos_token_id=r1_tokenizer.eos_token_id)
-    model.generation_config.eos_token_id = r1_tokenizer.eos_token_id
+    tokenizer = small_vocabulary(r1_tokenizer)
+    model = tiny_model("qwen2", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)
-    r1_tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_r1_tokenizer(tiny_r1_dir: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in ``tiny_r1_dir``."""
+    return AutoTokenizer.from_pretrained(tiny_r1_dir)

@@ -39,8 +39,10 @@ def _run(model: Path, dataset: Path, out: Path, *extra: str):
 
 
 @pytest.mark.e2e
-def test_a_brought_trace_is_scored_and_pruned_as_is(tiny_r1_dir, r1_tokenizer, tmp_path) -> None:
-    prompt, output = _trace_ids(r1_tokenizer, "What is (2 + 3) * 4?")
+def test_a_brought_trace_is_scored_and_pruned_as_is(
+    tiny_r1_dir, tiny_r1_tokenizer, tmp_path
+) -> None:
+    prompt, output = _trace_ids(tiny_r1_tokenizer, "What is (2 + 3) * 4?")
     row = {"id": "p1", "problem": "What is (2 + 3) * 4?", "answer": "20"}
     dataset = _write(tmp_path / "d.jsonl", [{**row, "prompt_ids": prompt, "output_ids": output}])
     result = _run(tiny_r1_dir, dataset, tmp_path / "run")
@@ -65,13 +67,15 @@ def test_a_brought_trace_is_scored_and_pruned_as_is(tiny_r1_dir, r1_tokenizer, t
     ],
 )
 def test_ids_that_are_not_this_models_are_refused_before_writing(
-    change: str, message: str, tiny_r1_dir, r1_tokenizer, tmp_path
+    change: str, message: str, tiny_r1_dir, tiny_r1_tokenizer, tmp_path
 ) -> None:
-    prompt, output = _trace_ids(r1_tokenizer, "What is 2 + 2?")
+    prompt, output = _trace_ids(tiny_r1_tokenizer, "What is 2 + 2?")
     if change == "vocabulary":
         output[2] = 999_999
     else:  # a plain "Question: ... Answer:" prompt, not the R1 template
-        prompt = r1_tokenizer.encode("Question: What is 2 + 2?\nAnswer:", add_special_tokens=False)
+        prompt = tiny_r1_tokenizer.encode(
+            "Question: What is 2 + 2?\nAnswer:", add_special_tokens=False
+        )
     row = {"id": "p1", "problem": "What is 2 + 2?", "answer": "4"}
     dataset = _write(tmp_path / "d.jsonl", [{**row, "prompt_ids": prompt, "output_ids": output}])
     result = _run(tiny_r1_dir, dataset, tmp_path / "run")
@@ -82,8 +86,10 @@ def test_ids_that_are_not_this_models_are_refused_before_writing(
 
 
 @pytest.mark.e2e
-def test_a_brought_trace_takes_one_sample_and_no_online_mode(tiny_r1_dir, r1_tokenizer, tmp_path):
-    prompt, output = _trace_ids(r1_tokenizer, "What is 2 + 2?")
+def test_a_brought_trace_takes_one_sample_and_no_online_mode(
+    tiny_r1_dir, tiny_r1_tokenizer, tmp_path
+):
+    prompt, output = _trace_ids(tiny_r1_tokenizer, "What is 2 + 2?")
     row = {"id": "p1", "problem": "What is 2 + 2?", "answer": "4"}
     dataset = _write(tmp_path / "d.jsonl", [{**row, "prompt_ids": prompt, "output_ids": output}])
     for extra in (["--samples", "2"], ["--mode", "online"]):

@@ -26,7 +26,9 @@ def _lines(path: Path) -> list[dict]:
 
 
 @pytest.mark.e2e
-def test_planted_run_writes_everything_and_resumes(tiny_r1_dir: Path, tmp_path: Path) -> None:
+def test_planted_run_writes_everything_and_resumes(
+    tiny_r1_dir: Path, tiny_r1_tokenizer, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
     args = ["--model", str(tiny_r1_dir), "--limit", "3", "--samples", "2", "--out", str(out)]
     code, output = _run(*args, "--thresholds", "0,0.5")
@@ -49,7 +51,7 @@ def test_planted_run_writes_everything_and_resumes(tiny_r1_dir: Path, tmp_path: 
         ids = trace["prompt_ids"] + trace["output_ids"]
         assert trace["steps"] and abs(sum(s["importance"] for s in trace["steps"]) - 1) < 1e-6
         assert all(s["end"] <= trace["reasoning_end"] for s in trace["steps"])
-        assert ids[trace["reasoning_end"]] == 151649  # </think>
+        assert ids[trace["reasoning_end"]] == tiny_r1_tokenizer.convert_tokens_to_ids("</think>")
         assert {s["label"] for s in trace["steps"]} == {"necessary", "planted"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_problems"] == 3 and set(summary["thresholds"]) == {"0.0", "0.5"}
