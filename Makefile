@@ -21,15 +21,16 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/stepprune run --limit 6 --out runs/demo
 
-# The test suite. pytest exits 5 when it collects no test: that is a failure too.
+# The test suite. pytest exits 5 when it collects no test: that is a failure too. One process
+# per core (pytest-xdist); the vLLM and Ray tests share the group "engines", run one at a time.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q; status=$$?; \
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 # The fast tier: everything but the bundled model (slow) and the end-to-end runs (e2e), in one
 # process per core (pytest-xdist; each test process keeps torch to one thread, see conftest.py).
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n auto -m "not slow and not e2e"; status=$$?; \
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup -m "not slow and not e2e"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: $(VENV)/.installed

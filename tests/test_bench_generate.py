@@ -12,7 +12,8 @@ import pytest
 
 from tests.extras import require_ray, require_vllm
 
-pytestmark = pytest.mark.slow
+# vLLM and Ray start servers and look for their processes: one such test at a time.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("engines")]
 
 KEYS = {
     "prompts", "max_new_tokens", "tokens_hf", "tokens_vllm", "seconds_hf", "seconds_vllm",

@@ -15,7 +15,8 @@ import pytest
 from tests.extras import require_ray
 from tests.processes import alive, cmdline, descendants, kill_all, stop, wait_for
 
-pytestmark = pytest.mark.slow
+# vLLM and Ray start servers and look for their processes: one such test at a time.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("engines")]
 
 PROBLEMS = [f"What is {a} + {2 * a + 1}?" for a in range(1, 6)]
 COMPARED = ["answer_text", "prediction", "correct", "kept_steps", "tokens_kept", "context_tokens"]

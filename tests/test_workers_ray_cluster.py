@@ -17,7 +17,8 @@ from tests.extras import require_ray
 from tests.processes import cmdline, descendants, kill_all, stop, wait_for
 from tests.test_workers_ray_safety import PROBLEMS, _command, _dataset
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+# vLLM and Ray start servers and look for their processes: one such test at a time.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("engines")]
 
 COMPARED = ["answer_text", "prediction", "correct", "kept_steps", "tokens_kept", "context_tokens"]
 

@@ -23,6 +23,9 @@ import pytest
 from tests.extras import require_ray
 from tests.processes import alive, cmdline, descendants, kill_all, stop, wait_for
 
+# vLLM and Ray start servers and look for their processes: one such test at a time.
+pytestmark = pytest.mark.xdist_group("engines")
+
 PROBLEMS = [f"What is {a} + {2 * a + 1}?" for a in range(1, 4)]
 
 
