@@ -163,6 +163,26 @@ class UnitRunner:
             self._records(problem, trace, outcomes),
         )
 
+    def evaluate_many(
+        self, items: Sequence[tuple[Problem, Trace, list[float] | None]]
+    ) -> list[UnitResult]:
+        """``evaluate`` of several units, re-evaluated together by a mode that
+        ``batches_units`` (kv: the keep masks of several traces in one batch)."""
+        scored = [(p, t, *self._importances(p, t, i)) for p, t, i in items]
+        units = [(p, t, self.prunings(t, importances)) for p, t, importances, _ in scored]
+        outcomes = self.plan.mode.evaluate_units(self.session, units)
+        return [
+            UnitResult(
+                trace.problem_id,
+                trace.sample,
+                importances if new else None,
+                self._records(problem, trace, unit_outcomes),
+            )
+            for (problem, trace, importances, new), unit_outcomes in zip(
+                scored, outcomes, strict=True
+            )
+        ]
+
     def prepare(self, problem: Problem, trace: Trace, importances: list[float] | None) -> Prepared:
         """The contexts of one trace's prunings, for answers decoded elsewhere."""
         importances, new = self._importances(problem, trace, importances)

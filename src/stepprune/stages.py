@@ -5,7 +5,8 @@
 
 ``WorkerStages``: the engine decodes where the model is loaded (``hf``); the workers trace
 chunks of ``TRACE_CHUNK`` units, each generated in one call (the chunks are the same whatever
-the number of workers, so the traces are too), and re-evaluate one unit per call.
+the number of workers, so the traces are too), and re-evaluate one unit per call, or
+``EVALUATE_CHUNK`` units per call for a mode that decodes several traces in one batch (kv).
 
 ``DriverStages``: the engine decodes beside the driver (vLLM), in one batch across units. The
 workers make the prompts and finish each trace (segment, score, grade) the moment the engine
@@ -32,6 +33,9 @@ Item = tuple[Problem, Trace, list[float] | None]
 
 # Units per engine call while tracing: large enough to batch, small enough to resume often.
 TRACE_CHUNK = 8
+# Units per re-evaluation call of a mode that batches units (kv): its rows share batches within
+# the mode's memory budget; a killed run loses at most this many units' records.
+EVALUATE_CHUNK = 8
 # Units whose answers one driver-side engine call decodes: its batch, and how much work a
 # killed run can lose.
 ANSWER_CHUNK = 64
@@ -57,6 +61,16 @@ class WorkerStages:
             yield from traces
 
     def evaluate(self, items: Sequence[Item]) -> Iterator[UnitResult]:
+        if self.plan.mode.batches_units:
+            for begin in range(0, len(items), EVALUATE_CHUNK):
+                self.pool.submit(
+                    UnitRunner.evaluate_many, list(items[begin : begin + EVALUATE_CHUNK])
+                )
+                for results in drain(self.pool):
+                    yield from results
+            for results in self.pool.results():
+                yield from results
+            return
         for problem, trace, importances in items:
             self.pool.submit(UnitRunner.evaluate, problem, trace, importances)
             yield from drain(self.pool)

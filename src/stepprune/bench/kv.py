@@ -1,13 +1,15 @@
 """``stepprune bench kv``: speed, memory and exactness of KV-cache pruning at length N.
 
-In one run on one model: the time to re-evaluate six thresholds from a pruned cache (``kv``)
-divided by re-prompting with the kept text (``text``); the time of kv mode's batched
-re-evaluation (every keep mask a row of one batch) divided by the same masks one at a time, with
-a check that the answers are identical; the time of a decode step with the preallocated cache
-(``GrowLayer``) divided by one with transformers' ``torch.cat`` cache at batch 1 and 8; the
-peak cache of online pruning at a 50% budget divided by the peak without eviction; decode speed
-with a pruned and a full cache; and the largest logit differences of the two exactness checks
-(evict nothing vs the unpruned continuation, evict a set vs an explicit mask that hides it).
+In one run on one model: the time to re-evaluate six thresholds from a pruned cache (``kv``) divided
+by re-prompting with the kept text (``text``); the time of kv mode's batched re-evaluation (every
+keep mask a row of one batch) divided by the same masks one at a time, both from the same prefilled
+cache (the prefill is one forward per trace on either path, so it is timed once, apart, as
+``seconds_prefill``), with a check that the answers are identical; the time of a decode step with
+the preallocated cache (``GrowLayer``) divided by one with transformers' ``torch.cat`` cache at
+batch 1 and 8; the peak cache of online pruning at a 50% budget divided by the peak without
+eviction; decode speed with a pruned and a full cache; and the largest logit differences of the two
+exactness checks (evict nothing vs the unpruned continuation, evict a set vs an explicit mask that
+hides it).
 
 Both re-evaluations decode exactly ``answer_tokens`` per threshold (no end-of-sequence token, no
 stop at a complete box), so they do the same work and the ratio compares the two ways of
@@ -66,6 +68,8 @@ class KVBench:
     kv_batched_over_unbatched: float
     kv_batched_identical: bool
     seconds_kv_batched: float
+    seconds_kv_unbatched: float
+    seconds_prefill: float
     grow_over_cat_batch1: float
     grow_over_cat_batch8: float
     online_peak_cache_tokens: int
@@ -125,12 +129,18 @@ def _mask_diffs(model: PreTrainedModel, ids: list[int], evict: list[int]) -> tup
 
 
 def _kv_answers(
-    session: Session, trace: Trace, masks: Sequence[Sequence[bool]], answer_tokens: int
+    session: Session,
+    trace: Trace,
+    masks: Sequence[Sequence[bool]],
+    answer_tokens: int,
+    full: KVState | None = None,
 ) -> list[Continuation]:
-    """KV mode's re-evaluation (one prefill, then per mask: gather, cue, greedy decode) with a
-    stop rule that never stops, so every answer is ``answer_tokens`` long."""
+    """KV mode's re-evaluation (one prefill, unless ``full`` is that prefilled cache; then per
+    mask: gather, cue, greedy decode) with a stop rule that never stops, so every answer is
+    ``answer_tokens`` long."""
     never = StopRule(session.tokenizer, [], box_prefix=None)
-    full, _ = prefill(session.model, trace.all_ids[: trace.reasoning_end])
+    if full is None:
+        full, _ = prefill(session.model, trace.all_ids[: trace.reasoning_end])
     return [
         decode_greedy(
             session.model,
@@ -144,12 +154,16 @@ def _kv_answers(
 
 
 def _kv_answers_batched(
-    session: Session, trace: Trace, masks: Sequence[Sequence[bool]], answer_tokens: int
+    session: Session,
+    trace: Trace,
+    masks: Sequence[Sequence[bool]],
+    answer_tokens: int,
+    full: KVState,
 ) -> list[Continuation]:
-    """``_kv_answers`` with every mask a row of one batch (``decode_greedy_rows``)."""
+    """``_kv_answers`` from the prefilled cache ``full``, every mask a row of one batch
+    (``decode_greedy_rows``)."""
     never = StopRule(session.tokenizer, [], box_prefix=None)
     model = session.model
-    full, _ = prefill(model, trace.all_ids[: trace.reasoning_end])
     entries = [kept_entries(trace, keep) for keep in masks]
     lengths = {kind: [len(p)] * len(masks) for kind, p in full.positions.items()}
     lengths[FULL] = [int(e.sum()) for e in entries]
@@ -223,12 +237,21 @@ def run_kv_bench(
 
     seconds_text = seconds(text_mode, device)
     seconds_kv = seconds(lambda: _kv_answers(session, trace, masks, answer_tokens), device)
-    # Batched vs one at a time, timed alternately in this process.
+    # Batched vs one at a time from one prefilled cache (neither path changes it), timed
+    # alternately in this process: the prefill is the same single forward on both paths, and
+    # at a few answer tokens per mask it would swamp the difference batching makes.
+    prefilled: list[KVState] = []
+    seconds_prefill = seconds(
+        lambda: prefilled.append(prefill(model, trace.all_ids[: trace.reasoning_end])[0]),
+        device,
+    )
     answers: dict[str, list] = {}
     timing = paired_seconds(
-        lambda: answers.__setitem__("one", _kv_answers(session, trace, masks, answer_tokens)),
         lambda: answers.__setitem__(
-            "rows", _kv_answers_batched(session, trace, masks, answer_tokens)
+            "one", _kv_answers(session, trace, masks, answer_tokens, prefilled[0])
+        ),
+        lambda: answers.__setitem__(
+            "rows", _kv_answers_batched(session, trace, masks, answer_tokens, prefilled[0])
         ),
         2,
         device,
@@ -262,6 +285,8 @@ def run_kv_bench(
         kv_batched_over_unbatched=timing.ratio,
         kv_batched_identical=answers["one"] == answers["rows"],
         seconds_kv_batched=timing.median_second,
+        seconds_kv_unbatched=timing.median_first,
+        seconds_prefill=seconds_prefill,
         grow_over_cat_batch1=grow_1,
         grow_over_cat_batch8=grow_8,
         online_peak_cache_tokens=peak_half,

@@ -69,6 +69,9 @@ class Mode(Plugin, ABC):
     #: True when the mode's answers are plain greedy continuations of token-id contexts
     #: (``contexts`` / ``outcomes``), which an engine beside the driver can decode in batches.
     answers_from_contexts: ClassVar[bool] = False
+    #: True when ``evaluate_units`` decodes several traces together (the stages then hand the
+    #: runner chunks of units instead of one at a time).
+    batches_units: ClassVar[bool] = False
 
     def check(self, scorer: Scorer) -> None:
         """Raise ValueError when this mode cannot run with ``scorer`` (before any loading).
@@ -80,6 +83,13 @@ class Mode(Plugin, ABC):
         self, session: Session, problem: Problem, trace: Trace, prunings: Sequence[Pruning]
     ) -> list[Outcome]:
         """One outcome per pruning, in order."""
+
+    def evaluate_units(
+        self, session: Session, units: Sequence[tuple[Problem, Trace, Sequence[Pruning]]]
+    ) -> list[list[Outcome]]:
+        """``evaluate`` of several units (one list of outcomes per unit, in order); modes
+        that ``batches_units`` decode them together."""
+        return [self.evaluate(session, problem, trace, p) for problem, trace, p in units]
 
     def contexts(
         self, session: Session, trace: Trace, prunings: Sequence[Pruning]
