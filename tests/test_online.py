@@ -127,20 +127,21 @@ def test_probe_scores_equal_the_probe_attention_scorer(setup) -> None:
 
 
 def test_thresholds_compound_and_budget_generates_once(setup, monkeypatch) -> None:
+    from stepprune.modes import online_batch
     from stepprune.modes.online import OnlineMode
 
     session, problem, trace = setup
     calls = []
-    original = OnlinePruner.run
+    original = online_batch.run_rows
 
-    def counting(self, *args, **kwargs):
-        calls.append(self.config.threshold)
-        return original(self, *args, **kwargs)
+    def counting(session, tasks, *args, **kwargs):
+        calls.extend(task.config.threshold for task in tasks)
+        return original(session, tasks, *args, **kwargs)
 
-    monkeypatch.setattr(OnlinePruner, "run", counting)
+    monkeypatch.setattr(online_batch, "run_rows", counting)
     prunings = [Pruning(session.scorer.spec, t) for t in (0.0, 0.2, 0.5)]
     outcomes = OnlineMode(answer_max_tokens=2, recent=8).evaluate(session, problem, trace, prunings)
-    assert calls == [0.0, 0.2, 0.5]  # one generation per threshold
+    assert calls == [0.0, 0.2, 0.5]  # one generation per threshold (rows of one batch)
     kept = [sum(o.keep) / len(o.keep) for o in outcomes]
     assert kept[0] == 1.0
     # The threshold is applied again at every checkpoint, to the steps still cached: steps are
@@ -176,6 +177,7 @@ def test_generated_answer_of_a_plain_model_is_graded_as_written(qwen25_tokenizer
         trace = session.finish_trace(problem, 0, prompt, output)
         result = OnlineResult(output, len(prompt) + 5, 10, 10, 10)
         monkeypatch.setattr(OnlinePruner, "run", lambda self, *a, **k: result)
+        monkeypatch.setattr(OnlineMode, "batched", False)  # the one-at-a-time path
         mode = OnlineMode(answer_max_tokens=4)
         [outcome] = mode.evaluate(session, problem, trace, [Pruning("length", 0.0)])
         record = to_record(session, mode, problem, trace, outcome)

@@ -190,13 +190,23 @@ def capture_attention(
         num_buckets=num_buckets,
         layers=None if layers is None else frozenset(layers),
     )
+    with recording(model, capture):
+        yield capture
+
+
+@contextlib.contextmanager
+def recording(model: PreTrainedModel, capture) -> Iterator[None]:
+    """Within the block, every attention layer of ``model`` runs SDPA and then calls
+    ``capture.record(module, query, key, attention_mask, scaling)`` (an ``AttentionCapture``,
+    or anything with that method: batched online mode records several rows). The original
+    attention implementation is restored on exit, even on error."""
     configs = _configs(model)
     previous = [c._attn_implementation for c in configs]
     token = _ACTIVE.set(capture)
     try:
         for c in configs:
             c._attn_implementation = CAPTURE_IMPLEMENTATION
-        yield capture
+        yield
     finally:
         for c, impl in zip(configs, previous, strict=True):
             c._attn_implementation = impl

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -109,31 +109,51 @@ class OnlinePruner:
         self, state: KVState, all_ids: list[int], reasoning_start: int, result: OnlineResult
     ) -> KVState:
         """Score the finished, still-cached steps and evict what the policy rejects."""
-        result.checkpoints += 1
-        horizon = len(all_ids) - self.config.recent
-        gone = result.evicted_positions
-        steps = [
-            s
-            for s in self.segment(all_ids, reasoning_start, len(all_ids))
-            if s.end <= horizon and not any(p in gone for p in range(s.start, s.end))
-        ]
+        steps = self.candidates(all_ids, reasoning_start, result)
         if len(steps) < 2:
             return state
         scores = self.session.scorer.score_cache(self.model, self.fmt, state, steps)
-        evict = self._choose(scores, steps, state.length, result)
+        evict = self.decide(scores, steps, state.length, len(all_ids), result)
         if not evict:
             return state
         positions = state.positions[FULL]
         keep = torch.ones(len(positions), dtype=torch.bool)
         for step in evict:
             keep &= ~((positions >= step.start) & (positions < step.end))
-        result.evictions.append(
-            {
-                "at_token": len(all_ids),
-                "steps": [{"start": s.start, "end": s.end, "text": s.text} for s in evict],
-            }
-        )
         return state.gather(keep)
+
+    def candidates(
+        self, all_ids: list[int], reasoning_start: int, result: OnlineResult
+    ) -> list[Step]:
+        """A checkpoint's first half (counted in ``result``): the finished steps still in the
+        cache, outside the ``recent`` window. Fewer than two: nothing is scored."""
+        result.checkpoints += 1
+        horizon = len(all_ids) - self.config.recent
+        gone = result.evicted_positions
+        return [
+            s
+            for s in self.segment(all_ids, reasoning_start, len(all_ids))
+            if s.end <= horizon and not any(p in gone for p in range(s.start, s.end))
+        ]
+
+    def decide(
+        self,
+        scores: list[float],
+        steps: list[Step],
+        cache_len: int,
+        at_token: int,
+        result: OnlineResult,
+    ) -> list[Step]:
+        """A checkpoint's second half: the steps to evict, recorded in ``result``."""
+        evict = self._choose(scores, steps, cache_len, result)
+        if evict:
+            result.evictions.append(
+                {
+                    "at_token": at_token,
+                    "steps": [{"start": s.start, "end": s.end, "text": s.text} for s in evict],
+                }
+            )
+        return evict
 
     def _choose(
         self, scores: list[float], steps: list[Step], cache_len: int, result: OnlineResult
@@ -284,6 +304,9 @@ class OnlineMode(Mode):
     answer_max_tokens: int = run_setting(512)
     recent: int = run_setting(32)
     decides_online = True
+    #: Run the thresholds of a trace as rows of one batch (``online_batch``); False: one
+    #: generation after another (the reference the batched rows are tested against).
+    batched: ClassVar[bool] = True
 
     def check(self, scorer: Scorer) -> None:
         problem = scorer.online_problem()
@@ -295,34 +318,56 @@ class OnlineMode(Mode):
             )
 
     def evaluate(self, session, problem: Problem, trace: Trace, prunings: Sequence[Pruning]):
-
-        runs: dict[float | None, tuple] = {}
-        outcomes = []
+        configs: dict[float | None, OnlineConfig] = {}
         for p in prunings:
             key = None if self.budget is not None else p.threshold
-            if key not in runs:
-                config = OnlineConfig(
+            if key not in configs:
+                configs[key] = OnlineConfig(
                     session.policy, p.threshold, self.budget, self.interval, self.recent, self.scope
                 )
-                seed = sample_seed(self.seed, problem.id, trace.sample)
-                runs[key] = self._run(OnlinePruner(session, config), session, problem, trace, seed)
-            steps, keep, answer, context_tokens, details = runs[key]
+        seed = sample_seed(self.seed, problem.id, trace.sample)
+        results = self.generations(session, trace, list(configs.values()), seed)
+        runs = {
+            key: self._unpack(session, problem, trace, result)
+            for key, result in zip(configs, results, strict=True)
+        }
+        outcomes = []
+        for p in prunings:
+            steps, keep, answer, context_tokens, details = runs[
+                None if self.budget is not None else p.threshold
+            ]
             outcome = Outcome(p, steps, keep, answer, context_tokens, details)
             outcome.after_cue = trace.teacher_forced  # a generated answer follows no cue
             outcomes.append(outcome)
         return outcomes
 
-    def _run(self, pruner: OnlinePruner, session, problem: Problem, trace: Trace, seed: int):
-        """One online generation (teacher-forced for traces that carry their reasoning)."""
+    def generations(
+        self, session, trace: Trace, configs: list[OnlineConfig], seed: int
+    ) -> list[OnlineResult]:
+        """One online generation per config (teacher-forced for traces that carry their
+        reasoning): all as rows of one batch when the scorer allows it (``online_batch``),
+        else one after another."""
+        from stepprune.modes.online_batch import OnlineTask, batchable, run_rows
+
         prompt = trace.prompt_ids
+        forced = trace.all_ids[len(prompt) : trace.reasoning_end] if trace.teacher_forced else None
+        if self.batched and batchable(session.scorer):
+            tasks = [OnlineTask(prompt, config, seed, forced) for config in configs]
+            return run_rows(session, tasks, self.sampling, self.answer_max_tokens)
+        return [
+            OnlinePruner(session, config).run(
+                prompt, self.sampling, seed, forced, self.answer_max_tokens
+            )
+            for config in configs
+        ]
+
+    def _unpack(self, session, problem: Problem, trace: Trace, result: OnlineResult):
+        """Steps, keep flags, answer, context size and record details of one generation."""
         if trace.teacher_forced:
-            forced = trace.all_ids[len(prompt) : trace.reasoning_end]
-            result = pruner.run(prompt, self.sampling, seed, forced, self.answer_max_tokens)
             steps, answer = trace.steps, result.answer
         else:
-            result = pruner.run(prompt, self.sampling, seed)
             online = session.finish_trace(
-                problem, trace.sample, prompt, result.output_ids, score=False
+                problem, trace.sample, trace.prompt_ids, result.output_ids, score=False
             )
             steps = online.steps
             # The answer section: after </think> (thinking models), or from the paragraph that
