@@ -48,7 +48,7 @@ def _trace(tokenizer):
 
 def _reference_scores(model, trace, fmt, scorer: AttentionScorer) -> torch.Tensor:
     """The same score from eager ``output_attentions`` (full matrices), computed naively."""
-    ids, positions = scorer._queries(trace, fmt)
+    ids, positions = scorer._queries(model, trace, fmt, PROBLEM.answer)
     attentions = eager_attentions(model, ids)
     rows = torch.stack([a[0][:, positions, :] for a in attentions]).double()  # (L, H, Q, N)
     in_step = torch.zeros(len(ids), dtype=torch.bool)
@@ -75,12 +75,11 @@ VARIANTS = [
     AttentionScorer(query=q, heads=h, agg=a, sink=s, layers=lay)
     for q, h, a, s, lay in [
         ("last", "mean", "sum", "keep", "all"),
-        ("answer", "mean", "sum", "keep", "all"),
         ("probe", "mean", "sum", "keep", "all"),
         ("probe", "max", "mean", "exclude", "first-half"),
         ("answer", "max", "sum", "exclude", "last-half"),
     ]
-]
+] + [AttentionScorer(query="answer", answer="reference")]
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
@@ -88,29 +87,34 @@ VARIANTS = [
 def test_attention_variants_match_eager(arch: str, scorer: AttentionScorer, r1_tokenizer) -> None:
     model = tiny_model(arch, num_hidden_layers=2)
     fmt, trace = _trace(r1_tokenizer)
-    scores = torch.tensor(scorer.score(model, trace, fmt), dtype=torch.float64)
+    scores = torch.tensor(scorer.score(model, trace, fmt, PROBLEM.answer), dtype=torch.float64)
     reference = _reference_scores(model, trace, fmt, scorer)
     assert (scores - reference).abs().max().item() < 1e-5
 
 
 def test_probe_queries_are_the_probe_tokens_after_the_reasoning(r1_tokenizer) -> None:
     fmt, trace = _trace(r1_tokenizer)
-    ids, positions = AttentionScorer(query="probe", probe_tokens="all")._queries(trace, fmt)
+    ids, positions = AttentionScorer(query="probe", probe_tokens="all")._queries(
+        None, trace, fmt, None
+    )
     assert ids[: trace.reasoning_end] == trace.all_ids[: trace.reasoning_end]
     probe_text = r1_tokenizer.decode(ids[positions[0] :])
     assert probe_text.startswith("\n\nTime is up.") and probe_text.endswith("</think>\n\n")
     assert "boxed{34}" not in r1_tokenizer.decode(ids)  # the original answer is not in the input
     # By default (Think Clearly) the query is the probe's end-of-thinking token alone.
-    same_ids, (last,) = AttentionScorer(query="probe")._queries(trace, fmt)
+    same_ids, (last,) = AttentionScorer(query="probe")._queries(None, trace, fmt, None)
     assert same_ids == ids and last in positions
     assert r1_tokenizer.decode(ids[last : last + 1]).strip() == "</think>"
 
 
-def test_answer_queries_span_the_answer_section(r1_tokenizer) -> None:
+def test_reference_answer_queries_span_the_cue_and_the_reference(r1_tokenizer) -> None:
     fmt, trace = _trace(r1_tokenizer)
-    ids, positions = AttentionScorer(query="answer")._queries(trace, fmt)
-    assert positions == list(range(trace.reasoning_end, len(trace.all_ids)))
-    assert r1_tokenizer.decode(ids[positions[0] : positions[-1] + 1]).startswith("</think>")
+    scorer = AttentionScorer(query="answer", answer="reference")
+    ids, positions = scorer._queries(None, trace, fmt, PROBLEM.answer)
+    assert ids[: trace.reasoning_end] == trace.all_ids[: trace.reasoning_end]
+    assert positions == list(range(trace.reasoning_end, len(ids)))
+    answer = r1_tokenizer.decode(ids[positions[0] :])
+    assert answer.startswith("</think>") and answer.endswith("\\boxed{34}.")
 
 
 def test_receiver_heads_on_a_crafted_case() -> None:

@@ -67,8 +67,9 @@ def test_gradients_match_finite_differences_of_the_knockout(setup) -> None:
 
 def test_oracle_refused_online_and_needs_the_answer(setup) -> None:
     model, fmt, trace = setup
-    scorer = SCORERS.build("attribution")
+    scorer = SCORERS.build("attribution:answer=reference")
     assert scorer.reads_gold and scorer.oracle_on_teacher_forced
     assert "reference answer" in scorer.online_problem()
+    assert "after the finished reasoning" in SCORERS.build("attribution").online_problem()
     with pytest.raises(ValueError, match="needs the reference answer"):
         scorer.score(model, trace, fmt, None)

@@ -7,10 +7,14 @@ Spec options (``attention:query=probe,layers=first-half,heads=receiver,agg=mean,
   teacher-forced trace it reads the reference answer: an oracle view), ``reasoning_end`` (the
   ``</think>`` token of a thinking model, or the last reasoning token of a plain model or a
   trace cut before ``</think>``: what TRAAC and Think Clearly read, and answer-free),
-  ``answer`` (every token from ``</think>`` to the end of the answer: the model's own answer on
-  a generated trace, the reference answer on a teacher-forced one), or ``probe`` (Think
+  ``answer`` (every token from the end-of-reasoning cue to the end of an answer: which answer,
+  ``answer`` says), or ``probe`` (Think
   Clearly's "Time is up ..." instruction and the end-of-thinking cue, appended after the
   reasoning for this forward pass only, so the probe never enters any later context).
+- ``answer`` (``query=answer`` only): ``own`` (default: the model's own answer, answer-free;
+  the answer section of a generated trace, the greedy answer decoded after the reasoning on a
+  teacher-forced one, see :mod:`stepprune.scorers.own_answer`) or ``reference`` (the reference
+  answer teacher-forced after the reasoning and cue, as ``ablation`` scores it: an oracle).
 - ``probe_tokens`` (``query=probe`` only): ``last`` (default, as Think Clearly: the
   end-of-thinking token closing the probe, ``</think>`` for thinking models, else the probe's
   final token) or ``all`` (the mean over every probe token: the behaviour before this option).
@@ -39,11 +43,14 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 from stepprune.capture import capture_attention
+from stepprune.context import text_context
 from stepprune.kvcache import FULL, KVState
 from stepprune.models import ChatFormat
 from stepprune.registry import NonNegativeInt, PositiveInt, SpecError
 from stepprune.schema import Step, Trace
+from stepprune.scorers.ablation import answer_target_ids
 from stepprune.scorers.base import SCORERS, Scorer, normalise
+from stepprune.scorers.own_answer import AnswerSource, decode_own_answer
 from stepprune.scorers.receiver import load_receiver_heads
 
 DEFAULT_PROBE = (
@@ -177,6 +184,7 @@ class AttentionScorer(Scorer):
     probe: str = DEFAULT_PROBE
     probe_tokens: Literal["last", "all"] = "last"
     calibration: str = ""
+    answer: AnswerSource = "own"
     # The (layer, head) pairs read from ``calibration`` (empty: chosen per trace).
     calibrated: tuple[tuple[int, int], ...] = field(
         init=False, repr=False, compare=False, default=()
@@ -210,6 +218,8 @@ class AttentionScorer(Scorer):
         parts = [f"query={self.query}"]
         if self.query == "probe":
             parts.append(f"probe_tokens={self.probe_tokens}")
+        if self.query == "answer":
+            parts.append(f"answer={self.answer}")
         parts += [f"layers={self.layers}", f"heads={self.heads}"]
         if self.calibration:
             parts.append(f"calibration={self.calibration}")
@@ -220,7 +230,9 @@ class AttentionScorer(Scorer):
             parts.append(f"sink_tokens={self.sink_tokens}")
         return "attention:" + ",".join(parts)
 
-    def _queries(self, trace: Trace, fmt: ChatFormat) -> tuple[list[int], list[int]]:
+    def _queries(
+        self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat, gold: str | None
+    ) -> tuple[list[int], list[int]]:
         """The ids of the forward pass and the query positions within it."""
         ids = trace.all_ids
         if self.query == "last":
@@ -228,11 +240,33 @@ class AttentionScorer(Scorer):
         if self.query == "reasoning_end":
             return ids, [reasoning_end_position(trace, fmt)]
         if self.query == "answer":
-            positions = list(range(trace.reasoning_end, len(ids)))
-            return ids, positions or [len(ids) - 1]  # a truncated trace has no answer span
+            return self._answer_queries(model, trace, fmt, gold)
         probe = self.probe_ids(fmt)
         prefix = ids[: trace.reasoning_end]
         return prefix + probe, [len(prefix) + i for i in self.probe_queries(probe, fmt)]
+
+    def _answer_queries(
+        self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat, gold: str | None
+    ) -> tuple[list[int], list[int]]:
+        """``query=answer``: the context through the reasoning, then the answer ``answer``
+        names; queries from the end of reasoning to the end."""
+        if self.answer == "reference":
+            # Every step kept, the context holds the steps at the trace's own positions.
+            context = text_context(fmt, trace, [True] * len(trace.steps))
+            ids = context + answer_target_ids(fmt, self.gold_of(gold))
+        elif trace.teacher_forced:
+            # The answer section is the program's reference: read the model's own instead.
+            context, answer = decode_own_answer(model, fmt, trace)
+            ids = context + answer
+        else:
+            ids = trace.all_ids
+        positions = list(range(trace.reasoning_end, len(ids)))
+        return ids, positions or [len(ids) - 1]  # a truncated trace has no answer span
+
+    @property
+    def reads_gold(self) -> bool:  # type: ignore[override]
+        """``query=answer,answer=reference`` reads the reference answer: an oracle."""
+        return self.query == "answer" and self.answer == "reference"
 
     def probe_queries(self, probe: list[int], fmt: ChatFormat) -> list[int]:
         """Offsets within ``probe`` that query: all of them, or the end-of-thinking token."""
@@ -244,14 +278,18 @@ class AttentionScorer(Scorer):
 
     @property
     def reads_answer_section(self) -> bool:
-        """Whether the query reads the answer section (``last``, ``answer``): the reference
-        answer on a teacher-forced trace, so an oracle there."""
-        return self.query in ("last", "answer")
+        """Whether the query reads the trace's answer section (``last``: the token after it):
+        the reference answer on a teacher-forced trace, so an oracle there. ``query=answer``
+        reads the model's own answer instead (or, with ``answer=reference``, reads the
+        reference itself: ``reads_gold``)."""
+        return self.query == "last"
 
-    def step_mass(self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat) -> torch.Tensor:
+    def step_mass(
+        self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat, gold: str | None = None
+    ) -> torch.Tensor:
         """Per-step attention ``(layers, heads, queries, steps)``, after sink handling and
         step aggregation, before any layer/head/query reduction."""
-        ids, positions = self._queries(trace, fmt)
+        ids, positions = self._queries(model, trace, fmt, gold)
         buckets, num_buckets = key_buckets(trace, len(ids), self.sink_tokens)
         mass = step_attention_mass(model, ids, positions, buckets, num_buckets).double()
         n = len(trace.steps)
@@ -273,7 +311,7 @@ class AttentionScorer(Scorer):
     ) -> list[float]:
         if not trace.steps:
             return []
-        return self._reduce(self.step_mass(model, trace, fmt))
+        return self._reduce(self.step_mass(model, trace, fmt, gold))
 
     @property
     def needs_model_config(self) -> bool:

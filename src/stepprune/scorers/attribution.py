@@ -1,24 +1,31 @@
 """``attribution``: attribution patching of attention knockout (Syed et al., arXiv 2310.10348;
 AtP*, arXiv 2403.00745), a one-pass linear estimate of what ``ablation`` measures.
 
-The context is ablation's: the re-evaluation context with every step kept, then the reference
-answer (``answer_target_ids``). Every attention row of the answer section (the closing cue and
-the answer, in every layer and head) is multiplied, on the keys of step ``s``, by a scale
-``alpha_s`` (no renormalisation: ``alpha_s = 0`` knocks the step out of what the answer reads).
-With ``f(alpha) = log p(answer | context)``, the importance of step ``s`` is::
+The context is ablation's: the re-evaluation context with every step kept, then an answer in
+ablation's scaffold (``answer_target_ids``): with ``answer=own`` (the default) the model's own
+final answer (:func:`stepprune.scorers.own_answer.own_prediction`: the prediction of a
+generated trace, the greedy answer on a teacher-forced one), answer-free; with
+``answer=reference`` the reference answer, as ablation reads it (an oracle).
+
+Every attention row of the answer section (the closing cue and the answer, in every layer and
+head) is multiplied, on the keys of step ``s``, by a scale ``alpha_s`` (no renormalisation:
+``alpha_s = 0`` knocks the step out of what the answer reads). With
+``f(alpha) = log p(answer | context)``, the importance of step ``s`` is::
 
     g_s = d f / d alpha_s  at alpha = 1
 
-the first-order estimate of ``f(1) - f(alpha_s = 0)``, the drop when the answer cannot read
-the step. One forward and one backward pass give every ``g_s``; the knocked-out rows are
-recomputed from the layer's queries and keys (``answer rows x N`` per layer), so memory is
-O(N) for the activations plus O(answer x N) for those rows, never N x N. Scores are
+the first-order estimate of ``f(1) - f(alpha_s = 0)``, the drop when the answer cannot read the
+step. One forward and one backward pass give every ``g_s``; the knocked-out rows are recomputed
+from the layer's queries and keys (``answer rows x N`` per layer), so memory is O(N) for the
+activations plus O(answer x N) for those rows, never N x N. Scores are
 ``normalise(max(g, 0))``, as ablation clips at 0.
 
-An oracle (it reads the reference answer), refused online (it needs the answer after the
-reasoning). Not AtP*'s saturation fix: AtP* recomputes the attention softmax with the
-knocked-out logits; this is the plain gradient of the scale (the patching of the paper's
-attention-node edges), which can saturate where one step dominates a row.
+Refused online (it needs the answer after the finished reasoning). A trace on which the model
+gave no answer (``answer=own``, nothing extracted) has nothing to attribute: uniform.
+
+Not AtP*'s saturation fix: AtP* recomputes the attention softmax with the knocked-out logits;
+this is the plain gradient of the scale (the patching of the paper's attention-node edges),
+which can saturate where one step dominates a row.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from stepprune.models import ChatFormat
 from stepprune.schema import Trace
 from stepprune.scorers.ablation import answer_target_ids
 from stepprune.scorers.base import SCORERS, Scorer, normalise
+from stepprune.scorers.own_answer import AnswerSource, own_prediction
 
 KNOCKOUT_IMPLEMENTATION = "stepprune_knockout"
 
@@ -130,15 +138,22 @@ def step_key_scale(alpha: torch.Tensor, trace: Trace, length: int) -> torch.Tens
 @SCORERS.register("attribution")
 @dataclass(frozen=True)
 class AttributionScorer(Scorer):
-    """Attribution patching of attention knockout; see the module docstring. An oracle."""
+    """Attribution patching of attention knockout; see the module docstring. An oracle with
+    ``answer=reference``."""
 
-    reads_gold = True
+    answer: AnswerSource = "own"
+
+    @property
+    def reads_gold(self) -> bool:  # type: ignore[override]
+        """``answer=reference`` reads the reference answer: an oracle."""
+        return self.answer == "reference"
 
     def gradients(
-        self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat, gold: str
+        self, model: PreTrainedModel, trace: Trace, fmt: ChatFormat, answer: str
     ) -> list[float]:
-        """``d log p(answer) / d alpha_s`` at ``alpha = 1``, one per step."""
-        target = answer_target_ids(fmt, gold)
+        """``d log p(answer) / d alpha_s`` at ``alpha = 1``, one per step; ``answer`` is the
+        final answer written in ablation's scaffold."""
+        target = answer_target_ids(fmt, answer)
         # Every step kept: the context is the trace through its reasoning, then the cue, so
         # step spans are the trace's own positions.
         ids = text_context(fmt, trace, [True] * len(trace.steps)) + target
@@ -156,8 +171,16 @@ class AttributionScorer(Scorer):
     ) -> list[float]:
         if not trace.steps:
             return []
-        grads = np.array(self.gradients(model, trace, fmt, self.gold_of(gold)))
+        if self.answer == "reference":
+            answer: str | None = self.gold_of(gold)
+        else:
+            answer = own_prediction(model, fmt, trace)
+        if answer is None:
+            return normalise(np.zeros(len(trace.steps)))
+        grads = np.array(self.gradients(model, trace, fmt, answer))
         return normalise(np.clip(grads, 0.0, None))
 
     def online_problem(self) -> str:
-        return "it reads the reference answer after the finished reasoning (an oracle)"
+        if self.answer == "reference":
+            return "it reads the reference answer after the finished reasoning (an oracle)"
+        return "it reads the model's answer after the finished reasoning"

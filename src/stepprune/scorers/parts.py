@@ -46,6 +46,11 @@ class Composite(Scorer):
             part.check_model(config, cached_only=cached_only)
 
     @property
+    def reads_gold(self) -> bool:  # type: ignore[override]
+        """Reads the reference answer when any part does."""
+        return any(p.reads_gold for p in self.parts)
+
+    @property
     def oracle_on_teacher_forced(self) -> bool:
         """An oracle when any part is one."""
         return any(p.oracle_on_teacher_forced for p in self.parts)
