@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from stepprune.bench.auroc import auroc, auroc_bootstrap_ci
+from stepprune.bench.auroc import auroc, auroc_bootstrap_ci, auroc_difference
 from stepprune.bench.scorers import (
     DEFAULT_SCORERS,
     ScorerResult,
@@ -50,6 +50,26 @@ def test_auroc_hand_computed_single_trace() -> None:
 def test_auroc_counts_ties_as_one_half() -> None:
     # Ranks [0.75, 0.75, 0]: the necessary step ties one planted step and beats the other.
     assert auroc([[0.5, 0.5, 0.1]], [[N, P, P]]) == pytest.approx(0.75)
+
+
+def test_paired_difference_is_narrower_than_separate_intervals() -> None:
+    rng = np.random.default_rng(3)
+    labels = [[N, P, P, N, P] for _ in range(20)]
+    # b is a plus noise: traces that are easy for a are easy for b, which pairing cancels.
+    a = [list(rng.normal(size=5) + 1.5 * np.array([1, 0, 0, 1, 0])) for _ in labels]
+    b = [list(np.array(x) + 0.3 * rng.normal(size=5)) for x in a]
+    difference, (low, high) = auroc_difference(a, b, labels, n_resamples=500, seed=1)
+    assert difference == pytest.approx(auroc(a, labels) - auroc(b, labels))
+    assert low <= difference <= high
+    width_a = np.diff(auroc_bootstrap_ci(a, labels, 500, seed=1))[0]
+    width_b = np.diff(auroc_bootstrap_ci(b, labels, 500, seed=1))[0]
+    assert high - low < 0.5 * (width_a + width_b)
+    # A scorer against itself differs by exactly 0 on every resample.
+    assert auroc_difference(a, a, labels, n_resamples=50) == (0.0, (0.0, 0.0))
+    # Reversing b negates the difference: 1 - auroc(b) on every resample.
+    flipped = [[-x for x in row] for row in b]
+    d2, _ = auroc_difference(a, flipped, labels, n_resamples=10)
+    assert d2 == pytest.approx(auroc(a, labels) - (1 - auroc(b, labels)))
 
 
 def test_auroc_pools_within_trace_ranks_not_raw_scores() -> None:
@@ -165,6 +185,15 @@ def test_run_returns_one_result_per_scorer_with_threshold_keys(run) -> None:
         assert 0.0 <= result.auroc <= 1.0
         assert result.ci95[0] <= result.auroc <= result.ci95[1]
         assert result.n_traces + result.n_skipped == 4
+        low, high = result.lift_over_length_ci95
+        assert low - 1e-12 <= result.lift_over_length <= high + 1e-12
+        low, high = result.lift_over_position_ci95
+        assert low - 1e-12 <= result.lift_over_position <= high + 1e-12
+        assert list(result.recovery_ci95) == KEYS
+        for key, (low, high) in result.recovery_ci95.items():
+            assert 0.0 <= low <= result.recovery[key] <= high <= 1.0
+    length = results[0]
+    assert length.lift_over_length_ci95 == (0.0, 0.0)  # paired: length minus itself is 0
 
 
 @pytest.mark.e2e
@@ -261,7 +290,11 @@ def test_default_scorers_build_and_cover_every_family() -> None:
     }
     assert not SCORERS.build("attention:query=reasoning_end").oracle_on_teacher_forced
     assert not SCORERS.build("attention:query=probe").oracle_on_teacher_forced
-    assert SCORERS.build("attention:query=answer").oracle_on_teacher_forced
+    # query=answer and attribution read the model's own answer; answer=reference is the oracle.
+    assert not SCORERS.build("attention:query=answer").oracle_on_teacher_forced
+    assert SCORERS.build("attention:query=answer,answer=reference").oracle_on_teacher_forced
+    assert not SCORERS.build("attribution").oracle_on_teacher_forced
+    assert SCORERS.build("attribution:answer=reference").reads_gold
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -287,8 +320,11 @@ def test_to_json_keys() -> None:
         "auroc",
         "ci95",
         "recovery",
+        "recovery_ci95",
         "lift_over_length",
+        "lift_over_length_ci95",
         "lift_over_position",
+        "lift_over_position_ci95",
     ]
     assert data["ci95"] == [pytest.approx(0.6), pytest.approx(0.8)]
     assert data["recovery"] == {"0.0": 1.0, "0.5": 0.5}

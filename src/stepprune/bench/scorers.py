@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from stepprune.bench.auroc import auroc, auroc_bootstrap_ci
+from stepprune.bench.auroc import auroc, auroc_bootstrap_ci, auroc_difference
 from stepprune.grading import Grader
 from stepprune.modes import Pruning, TextMode
 from stepprune.planted import CAUSAL, MATCHED, SEMANTIC, generate_variant
@@ -40,7 +40,7 @@ from stepprune.runfolder import threshold_key
 from stepprune.schema import Problem, Trace
 from stepprune.scorers import SCORERS, Scorer
 from stepprune.session import Session
-from stepprune.stats import DEFAULT_RESAMPLES
+from stepprune.stats import DEFAULT_RESAMPLES, bootstrap_ci
 from stepprune.traces import teacher_forced_output
 
 # The scorers both benchmarks (planted, and --run) run by default, the one list to extend: the
@@ -57,6 +57,7 @@ DEFAULT_SCORERS: tuple[str, ...] = (
     "attention:sink=exclude",
     "attention:query=reasoning_end",
     "attention:query=answer",
+    "attention:query=answer,answer=reference",
     "attention:query=probe",
     "attention:query=probe,probe_tokens=all",
     "attention:query=probe,agg=mean",
@@ -66,6 +67,7 @@ DEFAULT_SCORERS: tuple[str, ...] = (
     "step-redundancy",
     "forced-answer",
     "attribution",
+    "attribution:answer=reference",
     "mix:a=attention,b=entropy",
     "ablation",
     "random",
@@ -103,10 +105,14 @@ class ScorerResult:
     re-evaluated answer is correct at that threshold. ``lift_over_length``/``_position`` are this
     scorer's AUROC minus the AUROC of the length/position baseline on the same traces.
     ``oracle``: the scorer reads the reference answer (``reads_gold``: ablation, forced-answer,
-    attribution) or the teacher-forced answer section holding it (``attention:query=last`` and
-    ``query=answer``), so it is a reference, not comparable like for like with answer-free
-    scorers. ``n_traces`` and ``n_skipped`` (traces used, and left out because segmentation did
-    not find one step per label) describe the run and are not part of :meth:`to_json`.
+    ``attribution:answer=reference``, ``attention:query=answer,answer=reference``) or the
+    teacher-forced answer section holding it (``attention:query=last``, the token after it), so
+    it is a reference, not comparable like for like with answer-free scorers.
+    ``lift_*_ci95``: paired bootstrap intervals of the lifts (both AUROCs recomputed on each
+    resample of the traces, :func:`auroc_difference`); ``recovery_ci95``: a bootstrap interval
+    of each recovery over traces. ``n_traces`` and ``n_skipped`` (traces used, and left out
+    because segmentation did not find one step per label) describe the run and are not part of
+    :meth:`to_json`.
     """
 
     scorer: str
@@ -118,6 +124,9 @@ class ScorerResult:
     oracle: bool = False
     n_traces: int = 0
     n_skipped: int = 0
+    lift_over_length_ci95: tuple[float, float] = (math.nan, math.nan)
+    lift_over_position_ci95: tuple[float, float] = (math.nan, math.nan)
+    recovery_ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of ``stepprune bench scorers --json`` for this scorer."""
@@ -127,8 +136,11 @@ class ScorerResult:
             "auroc": self.auroc,
             "ci95": [self.ci95[0], self.ci95[1]],
             "recovery": dict(self.recovery),
+            "recovery_ci95": {k: [lo, hi] for k, (lo, hi) in self.recovery_ci95.items()},
             "lift_over_length": self.lift_over_length,
+            "lift_over_length_ci95": list(self.lift_over_length_ci95),
             "lift_over_position": self.lift_over_position,
+            "lift_over_position_ci95": list(self.lift_over_position_ci95),
         }
 
 
@@ -317,6 +329,20 @@ def run_scorer_benchmark(
         recovery = {
             threshold_key(t): hit / len(items) for t, hit in zip(thresholds, hits, strict=True)
         }
+        # The traces' 0/1 outcomes at each threshold, resampled over traces.
+        recovery_ci = {
+            threshold_key(t): bootstrap_ci(
+                [float(row[k * n_thresholds + j]) for row in correct], n_resamples, seed
+            )
+            for j, t in enumerate(thresholds)
+        }
+        # Same seed as every AUROC interval: the same trace resamples for every scorer.
+        lift_ci = {
+            name: auroc_difference(scores[scorer.spec], scores[b.spec], labels, n_resamples, seed)[
+                1
+            ]
+            for name, b in baselines.items()
+        }
         results.append(
             ScorerResult(
                 scorer=scorer.spec,
@@ -330,6 +356,9 @@ def run_scorer_benchmark(
                 oracle=scorer.oracle_on_teacher_forced,
                 n_traces=len(items),
                 n_skipped=len(skipped),
+                lift_over_length_ci95=lift_ci[LENGTH_BASELINE],
+                lift_over_position_ci95=lift_ci[POSITION_BASELINE],
+                recovery_ci95=recovery_ci,
             )
         )
     return results
