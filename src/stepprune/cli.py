@@ -219,6 +219,13 @@ def calibrate(
     scorer: Annotated[
         str, typer.Option(help="Attention spec whose queries/layers are measured.")
     ] = "attention",
+    criterion: Annotated[
+        str,
+        typer.Option(
+            help="entropy (lowest entropy over steps) | kurtosis (Thought Anchors: kurtosis "
+            "of vertical scores; use --top-k 20 as the paper)."
+        ),
+    ] = "entropy",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
@@ -228,7 +235,7 @@ def calibrate(
         check_model_options_early(device, dtype)
         from stepprune.scorers.receiver import calibrate_run
 
-        heads = calibrate_run(run, out, top_k, scorer, device, dtype)
+        heads = calibrate_run(run, out, top_k, scorer, device, dtype, criterion)  # type: ignore[arg-type]
     Console(stderr=True).print(
         f"{len(heads)} receiver heads written to {out}; use --scorer "
         f"attention:heads=receiver,calibration={out}",

@@ -9,6 +9,16 @@ steps, and its entropy is divided by ``log(steps)`` so traces with different ste
 the same; the ``top_k`` heads with the lowest mean normalised entropy are the receivers. Traces
 with fewer than 2 steps say nothing about concentration and are skipped.
 
+Thought Anchors' own criterion (``receiver_head_funcs.py``) is also here, as
+:func:`thought_anchors_receiver_heads` (``calibrate_receiver_heads(method="kurtosis")``): per
+trace and head, the sentence-averaged attention matrix ``M[i, j]`` (mean attention from the
+tokens of step ``i`` to those of step ``j``); each step's *vertical score*, the mean of
+``M[i, j]`` over the steps ``i >= j + 4`` (the nearest steps' attention is local, not
+"receiving"); the excess kurtosis of those scores across steps (how spiky the head's attention
+to a few steps is); the mean over traces; the ``top_k`` (20) heads of highest kurtosis. Steps
+here are the segmenter's (paragraphs by default), the paper's are sentences: calibrate with
+``--segmenter sentence`` traces for the paper's setting.
+
 File format (JSON)::
 
     {"heads": [[layer, head], ...],   # best first; layer indexes all of the model's layers
@@ -22,7 +32,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from transformers import PreTrainedModel
@@ -34,6 +44,14 @@ if TYPE_CHECKING:
     from stepprune.scorers.attention import AttentionScorer
 
 CRITERION = "lowest mean over traces of the entropy over steps / log(steps)"
+KURTOSIS_CRITERION = (
+    "highest mean over traces of the kurtosis across steps of vertical scores (Thought Anchors)"
+)
+Criterion = Literal["entropy", "kurtosis"]
+# Thought Anchors' defaults: a step's vertical score ignores the 3 steps after it, and the
+# 20 heads of highest mean kurtosis are the receivers.
+PROXIMITY_IGNORE = 4
+THOUGHT_ANCHORS_TOP_K = 20
 
 
 def head_concentration(step_mass: torch.Tensor) -> torch.Tensor:
@@ -51,24 +69,114 @@ def head_concentration(step_mass: torch.Tensor) -> torch.Tensor:
     return entropy / math.log(step_mass.shape[-1])
 
 
+def step_attention_matrix(model: PreTrainedModel, trace: Trace) -> torch.Tensor:
+    """``(layers, heads, S, S)``: ``[l, h, i, j]`` is head ``(l, h)``'s mean attention from the
+    tokens of step ``i`` to the tokens of step ``j`` (zero above the diagonal: causal).
+
+    One forward over the prompt and reasoning; every step token is a query row, reduced to
+    per-step sums on the fly, so memory is O(layers x heads x step tokens x steps).
+    """
+    from stepprune.scorers.attention import key_buckets, step_attention_mass
+
+    ids = trace.all_ids[: trace.reasoning_end]
+    rows = [p for step in trace.steps for p in range(step.start, step.end)]
+    buckets, num_buckets = key_buckets(trace, len(ids), sink_tokens=0)
+    mass = step_attention_mass(model, ids, rows, buckets, num_buckets).double()
+    n = len(trace.steps)
+    lengths = torch.tensor([step.num_tokens for step in trace.steps], dtype=torch.float64)
+    # Sum the query rows of each step: rows are listed step by step, in step order.
+    owner = torch.repeat_interleave(torch.arange(n), lengths.long())
+    per_step = torch.zeros(*mass.shape[:2], n, n, dtype=torch.float64)
+    per_step.index_add_(2, owner, mass[..., :n])
+    return per_step / (lengths[:, None] * lengths[None, :])
+
+
+def vertical_scores(matrix: torch.Tensor, proximity: int = PROXIMITY_IGNORE) -> torch.Tensor:
+    """``(..., S)``: the mean of ``matrix[..., i, j]`` over ``i >= j + proximity`` for each step
+    ``j`` (Thought Anchors' vertical score); NaN for a step with no such ``i``."""
+    n = matrix.shape[-1]
+    index = torch.arange(n)
+    later = (index[:, None] >= index[None, :] + proximity).to(matrix.dtype)  # [i, j]
+    counts = later.sum(0)
+    sums = (matrix * later).sum(-2)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan)
+
+
+def excess_kurtosis(values: torch.Tensor) -> torch.Tensor:
+    """Excess kurtosis over the last axis, NaNs left out: ``m4 / m2^2 - 3`` with the biased
+    central moments (scipy's default, which Thought Anchors uses); NaN with fewer than two
+    values or no spread."""
+    finite = ~torch.isnan(values)
+    count = finite.sum(-1)
+    safe = torch.where(finite, values, torch.zeros_like(values))
+    mean = safe.sum(-1) / count.clamp_min(1)
+    centred = torch.where(finite, values - mean[..., None], torch.zeros_like(values))
+    m2 = (centred**2).sum(-1) / count.clamp_min(1)
+    m4 = (centred**4).sum(-1) / count.clamp_min(1)
+    kurtosis = m4 / m2**2 - 3.0
+    return torch.where((count >= 2) & (m2 > 0), kurtosis, torch.nan)
+
+
+def thought_anchors_receiver_heads(
+    model: PreTrainedModel,
+    traces: Sequence[Trace],
+    top_k: int = THOUGHT_ANCHORS_TOP_K,
+    proximity: int = PROXIMITY_IGNORE,
+    layers: Sequence[int] | None = None,
+) -> list[tuple[int, int]]:
+    """Thought Anchors' receiver heads: the ``top_k`` (layer, head) pairs whose vertical scores
+    have the highest kurtosis across steps, averaged over ``traces`` (module docstring).
+
+    A trace whose kurtosis is undefined for a head (too few steps) does not count for it;
+    ``layers`` limits the candidates.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    per_trace = [
+        excess_kurtosis(vertical_scores(step_attention_matrix(model, trace), proximity))
+        for trace in traces
+        if len(trace.steps) >= proximity + 2  # at least two steps with a vertical score
+    ]
+    if not per_trace:
+        raise ValueError(
+            f"no trace with at least {proximity + 2} steps to calibrate receiver heads on"
+        )
+    mean = torch.stack(per_trace).nanmean(0)  # (layers, heads)
+    allowed = torch.full_like(mean, -math.inf)
+    chosen = list(range(mean.shape[0])) if layers is None else list(layers)
+    allowed[chosen] = torch.nan_to_num(mean[chosen], nan=-math.inf)
+    order = torch.argsort(allowed.flatten(), descending=True, stable=True)
+    order = order[: min(top_k, len(chosen) * mean.shape[1])]
+    heads = mean.shape[1]
+    return [(int(i) // heads, int(i) % heads) for i in order]
+
+
 def calibrate_receiver_heads(
     model: PreTrainedModel,
     traces: Sequence[Trace],
     fmt: ChatFormat | None,
     top_k: int = 8,
     scorer: AttentionScorer | None = None,
+    criterion: Criterion = "entropy",
 ) -> list[tuple[int, int]]:
     """The ``top_k`` (layer, head) pairs whose attention over steps is the most concentrated
     on average over ``traces`` (see the module docstring), best first.
 
     ``scorer`` sets the queries, sink handling and aggregation whose attention is measured, and
     its ``layers`` limit the candidates (default: ``attention`` with its default options).
+    ``criterion="kurtosis"``: Thought Anchors' criterion instead
+    (:func:`thought_anchors_receiver_heads`; every step token queries, ``scorer``'s layers
+    only limit the candidates).
     """
     from stepprune.scorers.attention import AttentionScorer, _parse_layers
 
     scorer = scorer or AttentionScorer()
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if criterion == "kurtosis":
+        num_layers = model.config.get_text_config().num_hidden_layers
+        layers = _parse_layers(scorer.layers, num_layers)
+        return thought_anchors_receiver_heads(model, traces, top_k, layers=layers)
     total, used = None, 0
     for trace in traces:
         if len(trace.steps) < 2:
@@ -94,6 +202,7 @@ def save_receiver_heads(
     num_heads: int,
     scorer: str = "",
     traces: int = 0,
+    criterion: Criterion = "entropy",
 ) -> None:
     """Write the calibration file (the module docstring's format)."""
     data = {
@@ -102,7 +211,7 @@ def save_receiver_heads(
         "num_heads": int(num_heads),
         "scorer": scorer,
         "traces": int(traces),
-        "criterion": CRITERION,
+        "criterion": KURTOSIS_CRITERION if criterion == "kurtosis" else CRITERION,
     }
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
@@ -145,10 +254,14 @@ def calibrate_run(
     scorer: str = "attention",
     device: str = "auto",
     dtype: str = "auto",
+    criterion: Criterion = "entropy",
 ) -> list[tuple[int, int]]:
     """Calibrate receiver heads on the traces of a run folder with the run's model, and save
     them to ``out`` (``stepprune calibrate``). ``scorer``: an attention spec whose queries,
-    sink handling, aggregation and layers the calibration uses (its ``heads`` is ignored)."""
+    sink handling, aggregation and layers the calibration uses (its ``heads`` is ignored);
+    ``criterion``: ``entropy`` or Thought Anchors' ``kurtosis``."""
+    if criterion not in ("entropy", "kurtosis"):
+        raise ValueError(f"--criterion {criterion!r}: use entropy or kurtosis")
     from stepprune.models import load_model
     from stepprune.registry import SpecError
     from stepprune.runfolder import load_run, run_file_in_the_way
@@ -171,10 +284,16 @@ def calibrate_run(
     model, tokenizer = load_model(run.model, device, dtype)
     attention.check_model(model.config)
     heads = calibrate_receiver_heads(
-        model, traces, ChatFormat.from_tokenizer(tokenizer), top_k, attention
+        model, traces, ChatFormat.from_tokenizer(tokenizer), top_k, attention, criterion
     )
     text = model.config.get_text_config()
     save_receiver_heads(
-        out, heads, text.num_hidden_layers, text.num_attention_heads, attention.spec, len(traces)
+        out,
+        heads,
+        text.num_hidden_layers,
+        text.num_attention_heads,
+        attention.spec,
+        len(traces),
+        criterion,
     )
     return heads
