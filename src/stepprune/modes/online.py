@@ -36,6 +36,12 @@ if TYPE_CHECKING:
     from stepprune.session import Session
 
 
+#: Default budget of one batch of online rows (keys and values of every row, padding
+#: included). A row lives for a whole generation, so online batches need more than kv mode's:
+#: 16 GiB hold 8 traces x 6 thresholds of 12k tokens of R1-Distill-Qwen-1.5B in bfloat16.
+ONLINE_BATCH_MIB = 16384
+
+
 def check_eviction(interval: int, budget: int | None, recent: int) -> None:
     """The check of eviction settings given in Python (a spec's are checked by their types)."""
     if interval < 0:
@@ -303,9 +309,11 @@ class OnlineMode(Mode):
     seed: int = run_setting(0)
     answer_max_tokens: int = run_setting(512)
     recent: int = run_setting(32)
+    batch_mib: int = run_setting(ONLINE_BATCH_MIB)
     decides_online = True
-    #: Run the thresholds of a trace as rows of one batch (``online_batch``); False: one
-    #: generation after another (the reference the batched rows are tested against).
+    batches_units = True
+    #: Run the generations of several traces as rows of batches (``online_batch``); False:
+    #: one generation after another (the reference the batched rows are tested against).
     batched: ClassVar[bool] = True
 
     def check(self, scorer: Scorer) -> None:
@@ -318,18 +326,71 @@ class OnlineMode(Mode):
             )
 
     def evaluate(self, session, problem: Problem, trace: Trace, prunings: Sequence[Pruning]):
-        configs: dict[float | None, OnlineConfig] = {}
-        for p in prunings:
-            key = None if self.budget is not None else p.threshold
-            if key not in configs:
-                configs[key] = OnlineConfig(
-                    session.policy, p.threshold, self.budget, self.interval, self.recent, self.scope
-                )
-        seed = sample_seed(self.seed, problem.id, trace.sample)
-        results = self.generations(session, trace, list(configs.values()), seed)
+        return self.evaluate_units(session, [(problem, trace, prunings)])[0]
+
+    def evaluate_units(
+        self, session, units: Sequence[tuple[Problem, Trace, Sequence[Pruning]]]
+    ) -> list[list[Outcome]]:
+        """Every unit's generations (one per threshold, one for all with ``budget``): rows of
+        batches within ``batch_mib`` when the scorer allows it, else one after another."""
+        from stepprune.modes.online_batch import OnlineTask, batchable, run_units
+
+        plans = []
+        for problem, trace, prunings in units:
+            configs: dict[float | None, OnlineConfig] = {}
+            for p in prunings:
+                key = None if self.budget is not None else p.threshold
+                if key not in configs:
+                    configs[key] = OnlineConfig(
+                        session.policy,
+                        p.threshold,
+                        self.budget,
+                        self.interval,
+                        self.recent,
+                        self.scope,
+                    )
+            prompt = trace.prompt_ids
+            forced = trace.all_ids[len(prompt) : trace.reasoning_end]
+            seed = sample_seed(self.seed, problem.id, trace.sample)
+            tasks = [
+                OnlineTask(prompt, c, seed, forced if trace.teacher_forced else None)
+                for c in configs.values()
+            ]
+            plans.append((list(configs), tasks))
+        if self.batched and batchable(session.scorer):
+            results = run_units(
+                session,
+                [tasks for _, tasks in plans],
+                self.sampling,
+                self.answer_max_tokens,
+                self.batch_mib,
+            )
+        else:
+            results = [
+                [
+                    OnlinePruner(session, t.config).run(
+                        t.prompt_ids,
+                        self.sampling,
+                        t.seed,
+                        t.forced_reasoning,
+                        self.answer_max_tokens,
+                    )
+                    for t in tasks
+                ]
+                for _, tasks in plans
+            ]
+        return [
+            self._outcomes(session, problem, trace, prunings, keys, unit_results)
+            for (problem, trace, prunings), (keys, _), unit_results in zip(
+                units, plans, results, strict=True
+            )
+        ]
+
+    def _outcomes(self, session, problem, trace, prunings, keys, results) -> list[Outcome]:
+        """One outcome per pruning from the generations of its key (threshold, or None)."""
         runs = {
             key: self._unpack(session, problem, trace, result)
-            for key, result in zip(configs, results, strict=True)
+            for key, result in zip(keys, results, strict=True)
         }
         outcomes = []
         for p in prunings:
@@ -340,26 +401,6 @@ class OnlineMode(Mode):
             outcome.after_cue = trace.teacher_forced  # a generated answer follows no cue
             outcomes.append(outcome)
         return outcomes
-
-    def generations(
-        self, session, trace: Trace, configs: list[OnlineConfig], seed: int
-    ) -> list[OnlineResult]:
-        """One online generation per config (teacher-forced for traces that carry their
-        reasoning): all as rows of one batch when the scorer allows it (``online_batch``),
-        else one after another."""
-        from stepprune.modes.online_batch import OnlineTask, batchable, run_rows
-
-        prompt = trace.prompt_ids
-        forced = trace.all_ids[len(prompt) : trace.reasoning_end] if trace.teacher_forced else None
-        if self.batched and batchable(session.scorer):
-            tasks = [OnlineTask(prompt, config, seed, forced) for config in configs]
-            return run_rows(session, tasks, self.sampling, self.answer_max_tokens)
-        return [
-            OnlinePruner(session, config).run(
-                prompt, self.sampling, seed, forced, self.answer_max_tokens
-            )
-            for config in configs
-        ]
 
     def _unpack(self, session, problem: Problem, trace: Trace, result: OnlineResult):
         """Steps, keep flags, answer, context size and record details of one generation."""

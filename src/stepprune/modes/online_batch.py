@@ -343,3 +343,57 @@ def run_rows(
         for i, row in zip(members, driver.rows, strict=True):
             results[i] = row.result
     return results
+
+
+def row_width(task: OnlineTask, sampling: SamplingConfig, answer_max_tokens: int) -> int:
+    """The most positions a row's cache can reach (no eviction): its prompt, its new tokens
+    (or forced reasoning, cue and answer), and a probe's worth of slack."""
+    if task.forced_reasoning is None:
+        return len(task.prompt_ids) + sampling.max_new_tokens + 64
+    return len(task.prompt_ids) + len(task.forced_reasoning) + answer_max_tokens + 64
+
+
+def pack_units(sizes: Sequence[tuple[int, int]], capacity: int) -> list[list[int]]:
+    """Consecutive groups of units (``sizes[u]``: its rows and widest row) whose padded batch
+    (rows x widest row) fits ``capacity`` positions; a unit too large alone is its own group."""
+    groups: list[list[int]] = []
+    rows = widest = 0
+    for index, (unit_rows, width) in enumerate(sizes):
+        grown_rows, grown_widest = rows + unit_rows, max(widest, width)
+        if groups and grown_rows * grown_widest <= capacity:
+            groups[-1].append(index)
+            rows, widest = grown_rows, grown_widest
+        else:
+            groups.append([index])
+            rows, widest = unit_rows, width
+    return groups
+
+
+def run_units(
+    session: Session,
+    units: Sequence[Sequence[OnlineTask]],
+    sampling: SamplingConfig,
+    answer_max_tokens: int,
+    batch_mib: int,
+) -> list[list[OnlineResult]]:
+    """``run_rows`` of several traces' tasks (``units[u]``: one trace's), consecutive traces
+    sharing a batch while its cache fits ``batch_mib`` MiB (``kvunits.budget_entries``).
+
+    Returns:
+        One list of results per unit, in order.
+    """
+    from stepprune.kvunits import budget_entries
+
+    model = session.model
+    capacity = budget_entries(model.config, model.dtype, batch_mib)
+    sizes = [
+        (len(tasks), max((row_width(t, sampling, answer_max_tokens) for t in tasks), default=0))
+        for tasks in units
+    ]
+    results: list[list[OnlineResult]] = [[] for _ in units]
+    for group in pack_units(sizes, capacity):
+        flat = [task for u in group for task in units[u]]
+        done = iter(run_rows(session, flat, sampling, answer_max_tokens))
+        for u in group:
+            results[u] = [next(done) for _ in units[u]]
+    return results
