@@ -37,9 +37,11 @@ if TYPE_CHECKING:
 
 
 #: Default budget of one batch of online rows (keys and values of every row, padding
-#: included). A row lives for a whole generation, so online batches need more than kv mode's:
-#: 16 GiB hold 8 traces x 6 thresholds of 12k tokens of R1-Distill-Qwen-1.5B in bfloat16.
-ONLINE_BATCH_MIB = 16384
+#: included; an upper bound: a row's cache grows as it generates, and shrinks as it evicts).
+#: A row lives for a whole generation, so online batches need more than kv mode's: 32 GiB
+#: hold a chunk of 8 traces x 6 thresholds of 12k tokens of the bundled model in float32
+#: (R1-Distill-Qwen-1.5B in bfloat16 fills 16 GiB with them).
+ONLINE_BATCH_MIB = 32768
 
 
 def check_eviction(interval: int, budget: int | None, recent: int) -> None:
