@@ -92,8 +92,10 @@ def test_query_answer_reference_is_the_oracle(setup) -> None:
     assert scorer.score(model, trace, fmt, "34") == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="needs the reference answer"):
         scorer.score(model, trace, fmt, None)
-    # Only query=answer names the option.
+    # Only query=answer names the option, and only it takes answer=reference.
     assert "answer=" not in SCORERS.build("attention:query=reasoning_end").spec
+    with pytest.raises(ValueError, match="needs query=answer"):
+        SCORERS.build("attention:query=last,answer=reference")
 
 
 def _clipped(grads: list[float]) -> list[float]:

@@ -196,6 +196,10 @@ class AttentionScorer(Scorer):
             raise SpecError(
                 f"attention: layers={self.layers!r}; use all, first-half, last-half or 0+3+7"
             )
+        if self.answer != "own" and self.query != "answer":
+            # The spec names ``answer`` only with query=answer: refuse it elsewhere rather than
+            # build a scorer whose spec does not say what it was asked.
+            raise SpecError(f"attention: answer={self.answer} needs query=answer")
         if self.calibration:
             self._load_calibration()
 
