@@ -36,9 +36,6 @@ def test_a_broken_vllm_python_is_named_at_the_check(monkeypatch, tmp_path, pytho
 
 WORKER = """
 import os, signal, sys
-
-# vLLM and Ray start servers and look for their processes: one such test at a time.
-pytestmark = pytest.mark.xdist_group("engines")
 print("INFO starting the engine", file=sys.stderr)
 print("RuntimeError: CUDA out of memory. Tried to allocate 2 GiB", file=sys.stderr)
 print("INFO 12-06 shutting down the tokenizer pool", file=sys.stderr, flush=True)
