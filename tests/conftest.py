@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 
 # Before transformers/huggingface_hub are imported: they read it once, at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
 # One thread per test process: under pytest-xdist two processes share the two cores, and a
 # second torch thread each parks more than it computes (see the README on timings).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# De-quantised GGUF copies (stepprune.gguf_cache) go to a folder of this test process, removed
+# at its end, not to the user's ~/.cache: the first load of the bundled model makes one.
+_CACHE = tempfile.mkdtemp(prefix="stepprune-test-cache-")
+os.environ.setdefault("STEPPRUNE_CACHE", _CACHE)
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 from pathlib import Path
 

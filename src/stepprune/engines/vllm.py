@@ -26,14 +26,11 @@ prefix cache makes the continuation cheap).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
 import json
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +46,7 @@ import torch
 
 from stepprune.decoding import BOX, Continuation, SamplingConfig, StopRule
 from stepprune.engines.base import ENGINES, Engine, EngineConfig, ModelView
+from stepprune.gguf_cache import save_copy
 from stepprune.registry import PositiveInt, Range, spec_key
 
 WORKER = Path(__file__).with_name("vllm_worker.py")
@@ -139,69 +137,15 @@ def check_vllm_python(python: str) -> None:
 
 
 def model_folder_for_vllm(model, tokenizer, source: str, gguf_file: str | None) -> str:
-    """A model folder vLLM can read: ``source`` itself, or, for a GGUF file, a de-quantised
-    copy saved once under ``$STEPPRUNE_CACHE`` (default ``~/.cache/stepprune``).
+    """A model folder vLLM can read: ``source`` itself, or, for a GGUF file, its de-quantised
+    copy (``gguf_cache``: saved once under ``$STEPPRUNE_CACHE``, keyed by content).
 
     vLLM's CPU backend cannot read GGUF. The copy is the model as transformers loaded it
     (de-quantised weights, logits identical to the GGUF's), without the GGUF quantiser.
     """
     if gguf_file is None:
         return source
-    cache = Path(os.environ.get("STEPPRUNE_CACHE", Path.home() / ".cache" / "stepprune"))
-    gguf = Path(source) / gguf_file
-    # Keyed by content: another GGUF of the same name must never be decoded by this copy.
-    name = Path(gguf_file).name.removesuffix(".gguf")
-    folder = cache / "vllm-models" / f"{name}-{gguf_digest(gguf, cache)[:16]}"
-    if (folder / "config.json").exists():
-        return str(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".partial-"))
-    try:
-        quantizer = getattr(model, "hf_quantizer", None)
-        config_quantization = getattr(model.config, "quantization_config", None)
-        model.hf_quantizer = None
-        if config_quantization is not None:
-            del model.config.quantization_config
-        try:
-            model.save_pretrained(partial)
-            tokenizer.save_pretrained(partial)
-        finally:
-            model.hf_quantizer = quantizer
-            if config_quantization is not None:
-                model.config.quantization_config = config_quantization
-        try:
-            partial.rename(folder)  # atomic: a killed conversion leaves no half folder in use
-        except OSError:
-            if not (folder / "config.json").exists():  # not another run's finished copy
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return str(folder)
-
-
-def gguf_digest(path: Path, cache: Path) -> str:
-    """SHA-256 of a GGUF file's content, remembered in ``cache`` by path, size and modification
-    time (hashing gigabytes at every start would cost seconds)."""
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    memo_path = cache / "vllm-models" / "gguf-digests.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if isinstance(memo, dict) and isinstance(memo.get(key), str):
-        return memo[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    memo = {**(memo if isinstance(memo, dict) else {}), key: digest.hexdigest()}
-    with contextlib.suppress(OSError):  # a read-only cache: hashed again next time
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
-    return digest.hexdigest()
+    return str(save_copy(model, tokenizer, Path(source) / gguf_file))
 
 
 class VLLMProcess:
