@@ -21,12 +21,14 @@ def test_stages_counted_kv_batched_and_dry_run_counts_equal_a_real_run(tiny) -> 
         assert (stage["forwards"] > 0) == (name != "grading")
     kv, before = result["stages"]["kv"], result["kv_unbatched"]
     masks = result["masks_per_trace"]
-    # Per trace: one prefill, one cue forward, then answer_tokens - 1 decode steps.
-    assert kv["forwards"] == SMALL.traces * (2 + SMALL.answer_tokens - 1)
+    # Both traces in one batch: a prefill each, one cue forward, answer_tokens - 1 decode steps.
+    assert kv["traces_per_batch"] == SMALL.traces
+    assert kv["forwards"] == SMALL.traces + 1 + SMALL.answer_tokens - 1
     assert before["forwards"] == SMALL.traces * (1 + masks * (1 + SMALL.answer_tokens))
     assert masks > 1
     assert kv["rows_per_forward"] > 1
-    assert result["stages"]["traces"]["forwards"] == SMALL.tokens  # one batch of 2 rows
+    # Two slots: a prefill each, then tokens - 1 decode steps of both rows.
+    assert result["stages"]["traces"]["forwards"] == SMALL.traces + SMALL.tokens - 1
     real = result
     dry = run_pipeline_bench(*tiny, SMALL, measure=2, dry_run=True)
     for name in ("traces", "scoring", "text", "kv", "grading"):

@@ -4,7 +4,10 @@ For each stage (``traces``, ``scoring``, ``text``, ``kv``, ``online``, ``grading
 wall seconds, sequential forward passes (calls of the model's ``forward``: one decode step of a
 batch is one) and mean rows per forward, and with a per-forward latency (``step_ms``) the
 projected time of the same forwards. ``kv_unbatched`` is kv mode before batching (one keep mask
-at a time), for the before/after comparison.
+at a time), for the before/after comparison. kv mode batches the masks of several traces
+(``kvunits.pack``) in chunks of ``stages.EVALUATE_CHUNK`` traces, as many per batch as the cache
+budget (``kv_batch_mib``) of the model being measured holds, the stand-in's too: the dry run
+packs by the replaced model's cache, so its counts are the real model's.
 
 Lengths are forced so that random-weight models (which never stop) and real ones do the same
 work: traces are sampled to exactly ``tokens`` new tokens (no end-of-sequence id), answers run to
@@ -33,10 +36,12 @@ from stepprune.bench.common import synthetic_trace
 from stepprune.context import closing_ids
 from stepprune.decoding import SamplingConfig, StopRule
 from stepprune.engines.hf import DEFAULT_BATCH_SIZE, HFEngine
-from stepprune.kvcache import FULL, decode_greedy, decode_greedy_rows, prefill
+from stepprune.kvcache import decode_greedy, prefill
+from stepprune.kvunits import DEFAULT_BATCH_MIB, UnitRows, budget_entries, decode_units, pack
 from stepprune.modes.kv import kept_entries
 from stepprune.modes.online import OnlineConfig, OnlinePruner
 from stepprune.session import Session
+from stepprune.stages import EVALUATE_CHUNK
 
 STAGES = ("traces", "scoring", "text", "kv", "online", "grading")
 
@@ -157,12 +162,15 @@ def run_pipeline_bench(
     measure: int = 1,
     dry_run: bool = False,
     threads: int = 1,
+    kv_batch_mib: int = DEFAULT_BATCH_MIB,
 ) -> dict:
     """Measure every stage (see the module docstring); returns the JSON object. ``threads``
     pins torch's CPU threads (0: leave torch's default): on a shared machine more threads than
     free cores park and run several times slower."""
     if threads:
         torch.set_num_threads(threads)
+    # kv mode packs traces by the cache of the model measured, not by the stand-in's.
+    kv_capacity = budget_entries(model.config, model.dtype, kv_batch_mib)
     if dry_run:
         model = stand_in(model)
     session = Session(model, tokenizer, scorer="attention", policy="percentile")
@@ -179,7 +187,7 @@ def run_pipeline_bench(
     pad = session.pad_id
     stages: dict[str, dict] = {}
 
-    # Traces: the hf engine, static batches, every row forced to ``tokens`` new tokens.
+    # Traces: the hf engine (continuous batching), every row forced to ``tokens`` new tokens.
     engine = HFEngine(model, tokenizer, [], pad, workload.batch)
     rows = min(workload.batch, workload.traces)
     batches = math.ceil(workload.traces / workload.batch)
@@ -213,19 +221,28 @@ def run_pipeline_bench(
     cues = [closing_ids(session.format, trace, keep) for keep in distinct]
     entries = [kept_entries(trace, keep) for keep in distinct]
 
-    def kv(batched: bool) -> None:
+    def kv_unbatched() -> None:
         full, _ = prefill(model, trace.all_ids[: trace.reasoning_end])
-        if not batched:
-            for e, cue in zip(entries, cues, strict=True):
-                decode_greedy(model, full.gather(e), cue, workload.answer_tokens, never)
-            return
-        lengths = {kind: [len(p)] * len(entries) for kind, p in full.positions.items()}
-        lengths[FULL] = [int(e.sum()) for e in entries]
-        states = (full.gather(e) for e in entries)
-        decode_greedy_rows(model, states, lengths, cues, workload.answer_tokens, never)
+        for e, cue in zip(entries, cues, strict=True):
+            decode_greedy(model, full.gather(e), cue, workload.answer_tokens, never)
 
-    stages["kv"] = _measure(model, each(lambda: kv(True)), per_trace)
-    kv_before = _measure(model, each(lambda: kv(False)), per_trace)
+    # kv mode: chunks of EVALUATE_CHUNK traces, each packed into batches within the budget.
+    unit = UnitRows(trace.all_ids[: trace.reasoning_end], entries, cues)
+    chunks = [
+        min(EVALUATE_CHUNK, workload.traces - b) for b in range(0, workload.traces, EVALUATE_CHUNK)
+    ]
+    groups = [len(g) for n in chunks for g in pack([unit] * n, kv_capacity, workload.answer_tokens)]
+    run_groups = groups[: max(1, min(measure, len(groups)))]
+    stages["kv"] = _measure(
+        model,
+        lambda: [
+            decode_units(model, [unit] * n, lambda state, _: state, workload.answer_tokens, never)
+            for n in run_groups
+        ],
+        len(groups) / len(run_groups),
+    )
+    stages["kv"]["traces_per_batch"] = max(groups)
+    kv_before = _measure(model, each(kv_unbatched), per_trace)
 
     online_session = Session(model, tokenizer, scorer="attention:query=probe", policy="percentile")
 

@@ -1,11 +1,13 @@
-"""The transformers engine: ``model.generate`` on left-padded batches of token ids.
+"""The transformers engine: traces by continuous batching, answers by ``model.generate``.
 
-Sampling draws every row from its own ``torch.Generator`` (``SeededSampling``), so a trace
+Sampling draws every sequence from its own ``torch.Generator`` (``RowSampler``), so a trace
 depends on its seed and its prompt only, not on which other sequences share its batch, how many
-samples a problem has, or where a resumed run restarts. The draw happens in a logits processor
-that leaves only the chosen token finite, and ``generate`` runs greedily on that; ``generate``'s
-own sampling (one global generator for the whole batch, and the model's default ``top_k``) is
-never used.
+samples a problem has, or where a resumed run restarts. Traces are decoded ``batch_size`` at a
+time with a finished row's slot refilled by the next prompt at once (``engines.slots``), instead
+of static batches that each wait for their longest row. Greedy answers use ``generate`` on
+left-padded batches; ``SeededSampling`` is the same seeded draw as a logits processor, for
+``generate``, where only the chosen token stays finite and ``generate``'s own sampling (one
+global generator for the whole batch, and the model's default ``top_k``) is never used.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from transformers import (
 
 from stepprune.decoding import Continuation, RowSampler, SamplingConfig, StopRule, sampling_probs
 from stepprune.engines.base import ENGINES, Engine, EngineConfig, ModelView
+from stepprune.engines.slots import sample_slots
 from stepprune.registry import PositiveInt
 
 DEFAULT_BATCH_SIZE = 8
@@ -124,17 +127,10 @@ class HFEngine(Engine):
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         rule = StopRule(self.tokenizer, self.eos_ids, box_prefix=None)
-        results: list[Continuation] = []
-        for rows in self._batches(prompts):
-            samplers = [RowSampler(seeds[i], sampling) for i in rows]
-            generated = self._generate(
-                [prompts[i] for i in rows],
-                sampling.max_new_tokens,
-                [SeededSampling(samplers, sampling)],
-                [],
-            )
-            results += [rule.finish(ids) for ids in generated]
-        return results
+        generated = sample_slots(
+            self.model, prompts, seeds, sampling, self.eos_ids, self.batch_size
+        )
+        return [rule.finish(ids) for ids in generated]
 
     def greedy(
         self, contexts: Sequence[list[int]], max_new_tokens: int, box_prefix: str | None
@@ -152,7 +148,7 @@ class HFEngine(Engine):
 @ENGINES.register("hf")
 @dataclass(frozen=True)
 class HFEngineConfig(EngineConfig):
-    """transformers ``generate`` on the model each worker holds; ``batch`` sequences per call."""
+    """transformers on the model each worker holds; ``batch`` sequences decoded together."""
 
     batch: PositiveInt = DEFAULT_BATCH_SIZE
     location = "worker"
