@@ -12,8 +12,11 @@ packs by the replaced model's cache, so its counts are the real model's.
 Lengths are forced so that random-weight models (which never stop) and real ones do the same
 work: traces are sampled to exactly ``tokens`` new tokens (no end-of-sequence id), answers run to
 exactly ``answer_tokens``, and online mode generates ``tokens`` tokens per threshold with a
-checkpoint every ``interval`` tokens. Re-evaluation and scoring run on a synthetic trace of
-``tokens`` reasoning tokens (``bench.common.synthetic_trace``) cut into 40-token steps.
+checkpoint every ``interval`` tokens. Online mode runs the thresholds of several traces as rows
+of one generation (``modes.online_batch``), chunks of ``stages.EVALUATE_CHUNK`` traces packed
+into batches by ``online_batch_mib`` of the measured model's cache, as ``stepprune run`` does.
+Re-evaluation and scoring run on a synthetic trace of ``tokens`` reasoning tokens
+(``bench.common.synthetic_trace``) cut into 40-token steps.
 
 Stages are run for ``measure`` traces (trace generation: ``measure`` batches) and scaled to the
 workload's trace count: with forced lengths every trace (every full batch) does the same forwards.
@@ -39,7 +42,8 @@ from stepprune.engines.hf import DEFAULT_BATCH_SIZE, HFEngine
 from stepprune.kvcache import decode_greedy, prefill
 from stepprune.kvunits import DEFAULT_BATCH_MIB, UnitRows, budget_entries, decode_units, pack
 from stepprune.modes.kv import kept_entries
-from stepprune.modes.online import OnlineConfig, OnlinePruner
+from stepprune.modes.online import ONLINE_BATCH_MIB, OnlineConfig
+from stepprune.modes.online_batch import OnlineTask, pack_units, row_width, run_rows
 from stepprune.session import Session
 from stepprune.stages import EVALUATE_CHUNK
 
@@ -163,6 +167,7 @@ def run_pipeline_bench(
     dry_run: bool = False,
     threads: int = 1,
     kv_batch_mib: int = DEFAULT_BATCH_MIB,
+    online_batch_mib: int = ONLINE_BATCH_MIB,
 ) -> dict:
     """Measure every stage (see the module docstring); returns the JSON object. ``threads``
     pins torch's CPU threads (0: leave torch's default): on a shared machine more threads than
@@ -171,6 +176,7 @@ def run_pipeline_bench(
         torch.set_num_threads(threads)
     # kv mode packs traces by the cache of the model measured, not by the stand-in's.
     kv_capacity = budget_entries(model.config, model.dtype, kv_batch_mib)
+    online_capacity = budget_entries(model.config, model.dtype, online_batch_mib)
     if dry_run:
         model = stand_in(model)
     session = Session(model, tokenizer, scorer="attention", policy="percentile")
@@ -244,17 +250,37 @@ def run_pipeline_bench(
     stages["kv"]["traces_per_batch"] = max(groups)
     kv_before = _measure(model, each(kv_unbatched), per_trace)
 
+    # Online mode: the thresholds of a chunk's traces generate as rows of batches, as many
+    # traces per batch as the mode's cache budget holds (of the model measured, as for kv).
     online_session = Session(model, tokenizer, scorer="attention:query=probe", policy="percentile")
+    online_session.eos_ids = []  # forced length
+    online_sampling = replace(sampling, top_p=1.0)
+    online_configs = [
+        OnlineConfig(online_session.policy, t, interval=workload.interval) for t in thresholds
+    ]
+    online_width = row_width(OnlineTask(trace.prompt_ids, online_configs[0], 0), online_sampling, 0)
+    online_groups = [
+        len(group)
+        for begin in range(0, workload.traces, EVALUATE_CHUNK)
+        for group in pack_units(
+            [(len(online_configs), online_width)] * min(EVALUATE_CHUNK, workload.traces - begin),
+            online_capacity,
+        )
+    ]
+    run_online = online_groups[: max(1, min(measure, len(online_groups)))]
 
-    def online() -> None:
-        online_sampling = replace(sampling, top_p=1.0)
-        for threshold in thresholds:  # one generation per threshold, as the mode runs them
-            config = OnlineConfig(online_session.policy, threshold, interval=workload.interval)
-            pruner = OnlinePruner(online_session, config)
-            pruner.eos_ids = []  # forced length
-            pruner.run(trace.prompt_ids, online_sampling, 0)
+    def online(traces: int) -> None:
+        tasks = [
+            OnlineTask(trace.prompt_ids, config, seed)
+            for seed in range(traces)  # one seed per trace, as sample_seed gives
+            for config in online_configs
+        ]
+        run_rows(online_session, tasks, online_sampling)
 
-    stages["online"] = _measure(model, each(online), per_trace)
+    stages["online"] = _measure(
+        model, lambda: [online(n) for n in run_online], len(online_groups) / len(run_online)
+    )
+    stages["online"]["traces_per_batch"] = max(online_groups)
 
     from stepprune.grading import Grader
 
