@@ -5,6 +5,7 @@ reads the reference answer and is the oracle."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -145,3 +146,13 @@ def test_attribution_own_answer_on_a_teacher_forced_trace_is_decoded(setup) -> N
     else:
         expected = _clipped(SCORERS.build("attribution").gradients(model, trace, fmt, prediction))
         assert scores == pytest.approx(expected, abs=1e-12)
+
+
+def test_own_prediction_prints_no_math_verify_warning(setup, monkeypatch, caplog) -> None:
+    import math_verify.parser
+
+    model, fmt, trace = setup
+    monkeypatch.setattr(math_verify.parser, "TIMEOUT_WARNING_SHOWN", False)
+    with caplog.at_level(logging.WARNING):
+        assert own_prediction(model, fmt, _generated(trace, None, "\\boxed{35}")) == "35"
+    assert not [r for r in caplog.records if r.name.startswith("math_verify")]

@@ -16,6 +16,9 @@ context instead (``ablation.answer_target_ids``), the scaffold that ``ablation``
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -70,6 +73,19 @@ def decode_own_answer(
     return context, answer
 
 
+@contextlib.contextmanager
+def _quiet_math_verify() -> Iterator[None]:
+    """math-verify warns once per process that its timeout is off (as ``extract_prediction``
+    runs it here): the scorer prints nothing, as grading prints nothing."""
+    logger = logging.getLogger("math_verify")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def own_prediction(model: PreTrainedModel, fmt: ChatFormat, trace: Trace) -> str | None:
     """The model's own final answer to ``trace`` (None: it gave none).
 
@@ -81,7 +97,11 @@ def own_prediction(model: PreTrainedModel, fmt: ChatFormat, trace: Trace) -> str
     if not trace.teacher_forced:
         if trace.original_prediction is not None:
             return trace.original_prediction
-        return extract_prediction(trace.original_answer) if trace.original_answer else None
+        if not trace.original_answer:
+            return None
+        with _quiet_math_verify():
+            return extract_prediction(trace.original_answer)
     _, answer = decode_own_answer(model, fmt, trace)
     text = fmt.answer_cue_text() + fmt.tokenizer.decode(answer, skip_special_tokens=True)
-    return extract_prediction(text)
+    with _quiet_math_verify():
+        return extract_prediction(text)
