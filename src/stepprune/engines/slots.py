@@ -33,6 +33,9 @@ class SlotLayer(GrowLayer):
     def __init__(self, fill: torch.Tensor) -> None:
         super().__init__()
         self.fill = fill  # shared with the batch: (slots,) long, updated in place
+        # Columns after this step's write (max fill + 1), set by the batch once per step so
+        # that no layer reads ``fill`` back from the device.
+        self.width = 0
 
     def _ensure(self, like: torch.Tensor, rows: int, need: int) -> None:
         if self._k is not None and need <= self._k.shape[-2]:
@@ -56,7 +59,7 @@ class SlotLayer(GrowLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Append one token per row (``(slots, kv_heads, 1, head_dim)``) at column ``fill[r]``."""
-        need = int(self.fill.max()) + 1
+        need = self.width
         self._ensure(key_states, key_states.shape[0], need)
         rows = torch.arange(key_states.shape[0], device=key_states.device)
         self._k[rows, :, self.fill] = key_states[:, :, 0]
@@ -125,6 +128,8 @@ class SlotBatch:
         """Decode one token per slot; returns each slot's next logits, ``(slots, vocab)``."""
         device = self.model.device
         width = int(self.fill.max()) + 1
+        for layer in self.cache.layers:
+            layer.width = width
         columns = torch.arange(width, device=device)[None].expand(self.slots, width)
         query = self.fill[:, None].clone()
         masks = self._masks(query, columns)  # column fill[r] is the token written now
