@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from stepprune import kvunits
 from stepprune.cli import app
 from stepprune.kvcache import POSITION_SCHEMES, decode_greedy, prefill
-from stepprune.kvunits import UnitRows, budget_entries, decode_units, entry_bytes, pack
+from stepprune.kvunits import (
+    UnitRows,
+    budget_entries,
+    decode_units,
+    entry_bytes,
+    free_mib,
+    pack,
+)
 from tests.test_kvbatch import ModuloStop
 from tests.test_kvcache import ARCHS, _model
 
@@ -82,6 +91,18 @@ def test_budget_counts_keys_and_values_of_every_layer() -> None:
     assert entry_bytes(config, torch.float32) == per_entry
     assert entry_bytes(config, torch.bfloat16) == per_entry // 2
     assert budget_entries(config, torch.float32, 1) == (1 << 20) // per_entry
+
+
+def test_a_budget_beyond_the_devices_free_memory_is_capped_at_half_of_it(monkeypatch) -> None:
+    total_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+    assert 0 < free_mib(torch.device("cpu")) <= total_mib
+    monkeypatch.setattr(kvunits, "free_mib", lambda device: 1000)  # free memory moves
+    config = _model("qwen2").config
+    per_entry = entry_bytes(config, torch.float32)
+    cpu = torch.device("cpu")
+    assert budget_entries(config, torch.float32, 8192, cpu) == (500 << 20) // per_entry
+    assert budget_entries(config, torch.float32, 8192) == (8192 << 20) // per_entry  # no device
+    assert budget_entries(config, torch.float32, 100, cpu) == (100 << 20) // per_entry
 
 
 def _records(out: Path) -> list[dict]:

@@ -13,6 +13,7 @@ rows with ``kvcache.decode_greedy_rows``. Each row's answer is the one it gets a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,8 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from stepprune.decoding import Continuation, StopRule
 from stepprune.kvcache import FULL, SLIDING, KVState, decode_greedy_rows, layer_types, prefill
 
-#: Default budget of one batch's cache (keys and values of every row, padding included).
+#: Default budget of one batch's cache (keys and values of every row, padding included); a
+#: run caps it at half of the memory free on the model's device.
 DEFAULT_BATCH_MIB = 8192
 
 Place = Callable[[KVState, PreTrainedModel], KVState]
@@ -37,9 +39,35 @@ def entry_bytes(config: PreTrainedConfig, dtype: torch.dtype) -> int:
     return config.num_hidden_layers * kv_heads * head_dim * 2 * torch.finfo(dtype).bits // 8
 
 
-def budget_entries(config: PreTrainedConfig, dtype: torch.dtype, batch_mib: int) -> int:
-    """Row positions (summed over a batch's rows) that ``batch_mib`` MiB of cache hold."""
+def budget_entries(
+    config: PreTrainedConfig,
+    dtype: torch.dtype,
+    batch_mib: int,
+    device: torch.device | None = None,
+) -> int:
+    """Row positions (summed over a batch's rows) that ``batch_mib`` MiB of cache hold.
+
+    With ``device``, the budget is also capped at half of the memory free on it now, so that a
+    default sized for a large GPU never asks a small one (or a CPU machine) for more than it has.
+    """
+    if device is not None:
+        batch_mib = min(batch_mib, max(1, free_mib(device) // 2))
     return (batch_mib << 20) // max(1, entry_bytes(config, dtype))
+
+
+def free_mib(device: torch.device) -> int:
+    """MiB free on ``device``: the CUDA device's free memory, else the system's available
+    memory (``MemAvailable``, which counts reclaimable caches)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] >> 20
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) >> 10  # kB
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
 
 
 @dataclass

@@ -66,7 +66,7 @@ class KVMode(Mode):
             )
             for (_, trace, _), unit_masks in zip(units, masks, strict=True)
         ]
-        capacity = budget_entries(model.config, model.dtype, self.batch_mib)
+        capacity = budget_entries(model.config, model.dtype, self.batch_mib, model.device)
         answers: list[list] = [[] for _ in units]
         decoding = [u for u, unit in enumerate(rows) if unit.cues]  # a trace without masks
         for group in pack([rows[u] for u in decoding], capacity, self.answer_max_tokens):

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 #: included; an upper bound: a row's cache grows as it generates, and shrinks as it evicts).
 #: A row lives for a whole generation, so online batches need more than kv mode's: 32 GiB
 #: hold a chunk of 8 traces x 6 thresholds of 12k tokens of the bundled model in float32
-#: (R1-Distill-Qwen-1.5B in bfloat16 fills 16 GiB with them).
+#: (R1-Distill-Qwen-1.5B in bfloat16 fills 16 GiB with them). A run caps it at half of the
+#: memory free on the model's device (``kvunits.budget_entries``).
 ONLINE_BATCH_MIB = 32768
 
 

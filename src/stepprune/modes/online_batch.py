@@ -385,7 +385,7 @@ def run_units(
     from stepprune.kvunits import budget_entries
 
     model = session.model
-    capacity = budget_entries(model.config, model.dtype, batch_mib)
+    capacity = budget_entries(model.config, model.dtype, batch_mib, model.device)
     sizes = [
         (len(tasks), max((row_width(t, sampling, answer_max_tokens) for t in tasks), default=0))
         for tasks in units
