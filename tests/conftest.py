@@ -119,7 +119,11 @@ def small_vocabulary(
     151,936-wide one: this is what makes runs on a tiny model fast in tests.
     """
     lines = (DATA / "gsm8k_test.jsonl").read_text(encoding="utf-8").splitlines()[:200]
-    corpus = [f"{row['problem']}\n{row['solution']}" for row in map(json.loads, lines)]
+    # Paragraphs end in "\n\n", as steps do: it becomes one token, as in the real vocabulary.
+    corpus = [
+        "\n\n".join([row["problem"], *row["solution"].splitlines()])
+        for row in map(json.loads, lines)
+    ]
     return tokenizer.train_new_from_iterator(corpus, vocab_size=size)
 
 
