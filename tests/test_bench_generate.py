@@ -47,7 +47,7 @@ def test_bench_generate_prints_consistent_measurements(tmp_path) -> None:
     assert data["workers_speedup"] == pytest.approx(
         data["workers_1_s"] / data["workers_2_s"], rel=0.05
     )
-    assert (tmp_path / "cache" / "vllm-models").is_dir()  # the bundled GGUF, converted once
+    assert (tmp_path / "cache" / "gguf-models").is_dir()  # the bundled GGUF, converted once
 
 
 def test_negative_workers_units_are_refused_before_any_engine_runs(monkeypatch) -> None:
