@@ -377,9 +377,19 @@ def decode_greedy_rows(
     """``decode_greedy`` of every (state, cue) pair as rows of one batch; each row stops at
     its own end (``rule``) and leaves the batch. ``lengths[kind][r]`` is row r's entries of
     that layer type (the states may be a generator: each is copied in and dropped)."""
-    rows = len(cues)
     width = {kind: max(n) for kind, n in lengths.items()}
-    batch = RowBatch(model, states, rows, width)
+    return decode_batch_rows(RowBatch(model, states, len(cues), width), cues, max_new_tokens, rule)
+
+
+@torch.inference_mode()
+def decode_batch_rows(
+    batch: RowBatch, cues: Sequence[list[int]], max_new_tokens: int, rule: StopRule
+) -> list[Continuation]:
+    """Greedy decoding of every row of a filled ``batch`` (a ``RowBatch`` or a subclass)
+    after its own cue; each row stops at its own end (``rule``) and leaves the batch."""
+    rows = len(cues)
+    if max_new_tokens < 1:
+        return [Continuation([], LENGTH) for _ in range(rows)]
     logits = batch.forward([list(c) for c in cues])
     live, ids = list(range(rows)), [[] for _ in range(rows)]
     done: list[Continuation | None] = [None] * rows

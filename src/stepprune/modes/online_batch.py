@@ -34,7 +34,7 @@ import torch
 from stepprune.capture import recording
 from stepprune.context import cue_after
 from stepprune.decoding import LENGTH, Continuation, RowSampler, SamplingConfig, StopRule
-from stepprune.kvcache import FULL, prefill
+from stepprune.kvcache import FULL, decode_batch_rows, prefill
 from stepprune.modes.online import OnlineConfig, OnlinePruner, OnlineResult
 from stepprune.modes.online_rows import OnlineRows, RowsCapture
 from stepprune.schema import Step
@@ -285,31 +285,7 @@ def decode_rows(
     """``kvcache.decode_greedy`` of every row of ``batch`` after its own cue (as
     ``kvcache.decode_greedy_rows``, on a batch that already holds the rows); finished rows
     leave the batch."""
-    rows = len(cues)
-    if max_new_tokens < 1:
-        return [Continuation([], LENGTH) for _ in range(rows)]
-    logits = batch.forward([list(c) for c in cues])
-    live, ids = list(range(rows)), [[] for _ in range(rows)]
-    done: list[Continuation | None] = [None] * rows
-    for step in range(max_new_tokens):
-        tokens = logits.argmax(-1).tolist()
-        still = []
-        for slot, (r, token) in enumerate(zip(live, tokens, strict=True)):
-            ids[r].append(token)
-            stop = rule.stop(ids[r])
-            if stop is not None:
-                done[r] = Continuation(ids[r], stop)
-            elif step + 1 == max_new_tokens:
-                done[r] = Continuation(ids[r], LENGTH)
-            else:
-                still.append(slot)
-        if not still:
-            break
-        if len(still) < len(live):
-            batch.keep_rows(still)
-            live = [live[s] for s in still]
-        logits = batch.forward([[ids[r][-1]] for r in live])
-    return [d if d is not None else Continuation([], LENGTH) for d in done]
+    return decode_batch_rows(batch, cues, max_new_tokens, rule)
 
 
 @torch.inference_mode()
