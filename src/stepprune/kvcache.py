@@ -342,6 +342,19 @@ class RowBatch:
             if kind == SLIDING and self.window is not None:
                 visible &= keys > query[:, :, None] - self.window
             masks[kind] = visible[:, None].to(self.model.device)
+        self.next += counts
+        return self._forward_rows(tokens, masks, query, counts - 1)
+
+    def _forward_rows(
+        self,
+        tokens: torch.Tensor,
+        masks: dict[str, torch.Tensor],
+        query: torch.Tensor,
+        last: torch.Tensor,
+    ) -> torch.Tensor:
+        """One forward of ``tokens`` ``(rows, width)`` at positions ``query`` ``(rows, width)``
+        through the cache, under one ``(rows, 1, width, keys)`` mask per layer type; returns
+        the float logits ``(rows, vocab)`` at each row's column ``last[r]``."""
         mask: torch.Tensor | dict = masks if len(masks) > 1 else next(iter(masks.values()))
         output = self.model(
             input_ids=tokens.to(self.model.device),
@@ -349,11 +362,10 @@ class RowBatch:
             position_ids=query.to(self.model.device),
             past_key_values=self.cache,
             use_cache=True,
-            logits_to_keep=width,
+            logits_to_keep=tokens.shape[1],
         )
-        self.next += counts
-        last = (counts - 1).to(output.logits.device)
-        return output.logits[torch.arange(len(ids), device=last.device), last].float()
+        last = last.to(output.logits.device)
+        return output.logits[torch.arange(len(last), device=last.device), last].float()
 
     def keep_rows(self, rows: list[int]) -> None:
         """Drop every other row (finished answers leave the batch)."""

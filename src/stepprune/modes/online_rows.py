@@ -73,18 +73,8 @@ class OnlineRows(RowBatch):
             # The dropped ids were seen by the queries after them (the probe reads itself);
             # no later forward sees them.
             self.valid[kind][:, -width:] &= torch.arange(width) < stays[:, None]
-        mask: torch.Tensor | dict = masks if len(masks) > 1 else next(iter(masks.values()))
-        output = self.model(
-            input_ids=tokens.to(self.model.device),
-            attention_mask=mask,
-            position_ids=query.to(self.model.device),
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=width,
-        )
         self.next += stays
-        last = (stays - 1).clamp_min(0).to(output.logits.device)
-        return output.logits[torch.arange(len(ids), device=last.device), last].float()
+        return self._forward_rows(tokens, masks, query, (stays - 1).clamp_min(0))
 
     def evict(self, row: int, steps: Sequence[Step]) -> None:
         """Drop the full-attention entries of ``steps`` from ``row`` (``KVState.gather``)."""
