@@ -68,14 +68,15 @@ def test_registry_builds_by_name_and_rejects_unknown() -> None:
 
 
 def _traac_evicted(scores: list[float], r: float, gate: float = 0.8) -> set[int]:
-    """TRAAC's rule written out from the paper: U = entropy / log n of the normalised scores;
-    U > gate evicts nothing, else the floor(n r (1 - U)) lowest steps go."""
+    """TRAAC's rule written out from the paper and its code: U = entropy / log n of the
+    normalised scores; U > gate evicts nothing, else the floor(n min(r (1 - U), 0.8)) lowest
+    steps go, the earlier of tied steps first."""
     n, total = len(scores), sum(scores)
     u = -sum(s / total * math.log(s / total) for s in scores if s > 0) / math.log(n)
     if u > gate:
         return set()
-    count = math.floor(n * r * (1 - u))
-    lowest = sorted(range(n), key=lambda i: (scores[i], -i))  # later steps first among ties
+    count = math.floor(n * min(r * (1 - u), 0.8))
+    lowest = sorted(range(n), key=lambda i: (scores[i], i))
     return set(lowest[:count])
 
 
@@ -107,8 +108,16 @@ def test_adaptive_gate_options_and_spec() -> None:
     assert adaptive.spec == "adaptive:gate=0.8,difficulty=threshold,r=None"
     # Uniform-ish scores (U > 0.8) evict nothing however high the rate.
     assert adaptive.keep([0.26, 0.24, 0.25, 0.25], 0.9) == [True] * 4
-    assert adaptive.keep([0.98, 0.01, 0.01], 0.9) == [True, False, False]  # floor(2.42)
+    assert adaptive.keep([0.98, 0.01, 0.01], 0.9) == [True, False, False]  # floor(3 x 0.8)
     with pytest.raises(SpecError, match="not both"):
         POLICIES.build("adaptive:r=0.5,difficulty=easy")
     with pytest.raises(SpecError):
         POLICIES.build("adaptive:gate=1.5")
+
+
+def test_traac_uniformity_reads_negative_scores_as_zero() -> None:
+    """TRAAC clips negative importances to 0 before its entropy (a NaN otherwise)."""
+    from stepprune.policies import normalised_entropy
+
+    assert normalised_entropy([-0.5, 0.5, 0.5]) == pytest.approx(normalised_entropy([0, 1, 1]))
+    assert normalised_entropy([-0.5, 0.5, 0.5]) == pytest.approx(math.log(2) / math.log(3))

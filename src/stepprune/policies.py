@@ -60,7 +60,7 @@ class PercentilePolicy(PruningPolicy):
 def normalised_entropy(importances: Sequence[float]) -> float:
     """Entropy of the importance distribution divided by its maximum, log(steps): 1 for
     uniform scores, near 0 when one step holds all the importance."""
-    p = np.asarray(importances, dtype=float)
+    p = np.clip(np.asarray(importances, dtype=float), 0.0, None)  # as TRAAC: negatives are 0
     if p.size <= 1:
         return 1.0
     p = p / p.sum() if p.sum() > 0 else np.full(p.size, 1.0 / p.size)
@@ -70,6 +70,8 @@ def normalised_entropy(importances: Sequence[float]) -> float:
 
 # TRAAC's compression rate by difficulty (the pass rate of the problem's rollouts).
 TRAAC_RATES = {"easy": 0.6, "medium": 0.4, "hard": 0.2}
+# TRAAC's code never evicts more than this share of the steps.
+TRAAC_MAX_EVICTED = 0.8
 
 
 @POLICIES.register("adaptive")
@@ -79,8 +81,10 @@ class AdaptivePolicy(PruningPolicy):
 
     ``U`` is the normalised entropy of the step scores (:func:`normalised_entropy`). When
     ``U > gate`` (default 0.8, TRAAC's) importance is too uniform to tell steps apart and
-    nothing is evicted; otherwise the ``floor(n * r * (1 - U))`` lowest-scoring of the ``n``
-    steps are evicted (later steps go first among ties), and at least one step is kept.
+    nothing is evicted; otherwise the ``floor(n * min(r * (1 - U), 0.8))`` lowest-scoring of
+    the ``n`` steps are evicted, as TRAAC's ``redundant_token_eviction.py`` does: its cap of 80%
+    binds only for rates above 0.8, and among tied scores the earlier step goes first (its
+    stable ascending sort). At least one step is kept.
 
     The compression rate ``r``: TRAAC takes 0.6 / 0.4 / 0.2 for easy / medium / hard problems,
     graded by the pass rate of the training rollouts. A policy sees only the scores, so that
@@ -112,11 +116,8 @@ class AdaptivePolicy(PruningPolicy):
         uniformity = normalised_entropy(scores)
         if threshold == 0.0 or uniformity > self.gate:
             return keep
-        evict = int(np.floor(scores.size * self.rate(threshold) * (1.0 - uniformity) + 1e-9))
-        evict = min(evict, scores.size - 1)
-        if evict:
-            # Lowest first; among ties the later step goes first (a stable sort of -scores
-            # puts earlier steps first, so the tail of that order is the eviction set).
-            order = np.argsort(-scores, kind="stable")
-            keep[order[scores.size - evict :]] = False
+        share = min(self.rate(threshold) * (1.0 - uniformity), TRAAC_MAX_EVICTED)
+        evict = min(int(scores.size * share), scores.size - 1)
+        # Lowest first; a stable ascending sort evicts the earlier of tied steps first.
+        keep[np.argsort(scores, kind="stable")[:evict]] = False
         return keep
