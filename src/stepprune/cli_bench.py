@@ -225,6 +225,12 @@ def bench_pipeline(
         str | None, typer.Option(help="Config folder: random weights.")
     ] = None,
     threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 1,
+    kv_batch_mib: Annotated[
+        int | None, typer.Option(min=1, help="kv mode's cache MiB per batch (default 8192).")
+    ] = None,
+    online_batch_mib: Annotated[
+        int | None, typer.Option(min=1, help="Online mode's cache MiB per batch (default 32768).")
+    ] = None,
     model: ModelOpt = "bundled",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -240,6 +246,14 @@ def bench_pipeline(
         else:
             loaded, tokenizer = pipeline.random_weights(random_weights, dtype, device)
         result = pipeline.run_pipeline_bench(
-            loaded, tokenizer, load, step_ms, measure, dry_run, threads
+            loaded,
+            tokenizer,
+            load,
+            step_ms,
+            measure,
+            dry_run,
+            threads,
+            kv_batch_mib=kv_batch_mib or pipeline.DEFAULT_BATCH_MIB,
+            online_batch_mib=online_batch_mib or pipeline.ONLINE_BATCH_MIB,
         )
     _print_json_or_table(result, as_json)
