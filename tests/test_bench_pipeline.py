@@ -19,6 +19,7 @@ def test_stages_counted_kv_batched_and_dry_run_counts_equal_a_real_run(tiny) -> 
             stage["forwards"] * 0.025
         )
         assert (stage["forwards"] > 0) == (name != "grading")
+        assert (stage["ms_per_forward"] > 0) == (name != "grading")
     kv, before = result["stages"]["kv"], result["kv_unbatched"]
     masks = result["masks_per_trace"]
     # Both traces in one batch: a prefill each, one cue forward, answer_tokens - 1 decode steps.
@@ -31,8 +32,14 @@ def test_stages_counted_kv_batched_and_dry_run_counts_equal_a_real_run(tiny) -> 
     assert result["stages"]["traces"]["forwards"] == SMALL.traces + SMALL.tokens - 1
     real = result
     dry = run_pipeline_bench(*tiny, SMALL, measure=2, dry_run=True)
+    # The dry run decodes 32 and 64 tokens (2 and 4 intervals) and extrapolates to 128.
+    for name in ("traces", "online"):
+        assert dry["stages"][name]["extrapolated_from"] == [32, 64]
     for name in ("traces", "scoring", "text", "kv", "online", "grading"):
         assert dry["stages"][name]["forwards"] == real["stages"][name]["forwards"], name
+        assert dry["stages"][name]["rows_per_forward"] == pytest.approx(
+            real["stages"][name]["rows_per_forward"]
+        ), name
     # Online: the thresholds of both traces are rows of one generation: one prefill (the same
     # prompt), then one forward per token (a checkpoint's probe rides in its token's forward).
     online = real["stages"]["online"]

@@ -20,9 +20,13 @@ Re-evaluation and scoring run on a synthetic trace of ``tokens`` reasoning token
 
 Stages are run for ``measure`` traces (trace generation: ``measure`` batches) and scaled to the
 workload's trace count: with forced lengths every trace (every full batch) does the same forwards.
-``dry_run`` swaps the model for a one-layer random-weight stand-in with a 64-id vocabulary (it
-reads the tokenizer's ids modulo 64), so the counts of a large workload come quickly: with forced
-lengths the counts depend neither on the model's size nor on its vocabulary.
+``dry_run`` swaps the model for a one-layer, one-head random-weight stand-in with a 64-id
+vocabulary (it reads the tokenizer's ids modulo 64): with forced lengths the counts depend neither
+on the model's size nor on its vocabulary. Trace generation and online mode, which decode
+``tokens`` tokens one forward at a time, then run at two short lengths (2 and 4 checkpoint
+intervals) and are extrapolated to ``tokens`` (``extrapolate``; their forwards are affine in the
+length), so the seed's counts come in seconds. Its seconds are the stand-in's: read its
+``forwards`` and ``projected_seconds``.
 """
 
 from __future__ import annotations
@@ -175,8 +179,32 @@ def _measure(model: PreTrainedModel, fn: Callable[[], object], scale: float) -> 
         "seconds": seconds * scale,
         "forwards": round(counter.forwards * scale),
         "rows_per_forward": counter.rows / counter.forwards if counter.forwards else 0.0,
+        # The device's own step time at this stage's rows (the latency --step-ms stands for).
+        "ms_per_forward": 1000 * seconds / counter.forwards if counter.forwards else 0.0,
         "measured_seconds": seconds,
         "scale": scale,
+    }
+
+
+def extrapolate(first: dict, second: dict, lengths: tuple[int, int], tokens: int) -> dict:
+    """A stage measured at two forced lengths, extrapolated to ``tokens``: forwards, rows and
+    seconds taken as affine in the length (``_measure``'s fields, ``rows_per_forward``
+    recomputed from the extrapolated rows). ``extrapolated_from`` names the two lengths."""
+    share = (tokens - lengths[0]) / (lengths[1] - lengths[0])
+
+    def line(a: float, b: float) -> float:
+        return a + (b - a) * share
+
+    forwards = round(line(first["forwards"], second["forwards"]))
+    rows = line(*(s["rows_per_forward"] * s["forwards"] for s in (first, second)))
+    return {
+        "seconds": line(first["seconds"], second["seconds"]),
+        "forwards": forwards,
+        "rows_per_forward": rows / forwards if forwards else 0.0,
+        "ms_per_forward": second["ms_per_forward"],
+        "measured_seconds": first["measured_seconds"] + second["measured_seconds"],
+        "scale": second["scale"],
+        "extrapolated_from": list(lengths),
     }
 
 
@@ -222,11 +250,14 @@ def run_pipeline_bench(
     sampling = SamplingConfig(max_new_tokens=workload.tokens, temperature=1.0, top_p=0.95)
     prompts = [trace.prompt_ids] * rows
     run_batches = min(measure, batches)
-    stages["traces"] = _measure(
-        model,
-        lambda: [engine.sample(prompts, list(range(rows)), sampling) for _ in range(run_batches)],
-        batches / run_batches,
-    )
+
+    def traces_stage(tokens: int) -> dict:
+        forced = replace(sampling, max_new_tokens=tokens)
+        return _measure(
+            model,
+            lambda: [engine.sample(prompts, list(range(rows)), forced) for _ in range(run_batches)],
+            batches / run_batches,
+        )
 
     def each(fn: Callable[[], object]) -> Callable[[], None]:
         return lambda: [fn() for _ in range(measure)]
@@ -291,17 +322,32 @@ def run_pipeline_bench(
     ]
     run_online = online_groups[: max(1, min(measure, len(online_groups)))]
 
-    def online(traces: int) -> None:
-        tasks = [
-            OnlineTask(trace.prompt_ids, config, seed)
-            for seed in range(traces)  # one seed per trace, as sample_seed gives
-            for config in online_configs
-        ]
-        run_rows(online_session, tasks, online_sampling)
+    def online_stage(tokens: int) -> dict:
+        forced = replace(online_sampling, max_new_tokens=tokens)
 
-    stages["online"] = _measure(
-        model, lambda: [online(n) for n in run_online], len(online_groups) / len(run_online)
-    )
+        def online(traces: int) -> None:
+            tasks = [
+                OnlineTask(trace.prompt_ids, config, seed)
+                for seed in range(traces)  # one seed per trace, as sample_seed gives
+                for config in online_configs
+            ]
+            run_rows(online_session, tasks, forced)
+
+        return _measure(
+            model, lambda: [online(n) for n in run_online], len(online_groups) / len(run_online)
+        )
+
+    # Trace generation and online mode decode ``tokens`` tokens one forward at a time. A dry
+    # run decodes two short lengths instead and extrapolates: with forced lengths their forwards
+    # and rows are affine in the length (a prefill, then one forward per token; a checkpoint's
+    # probe rides in its token's forward), so the counts are exact (tested against a real run).
+    short = (2 * workload.interval, 4 * workload.interval)
+    if dry_run and workload.tokens > short[1]:
+        for name, stage in (("traces", traces_stage), ("online", online_stage)):
+            stages[name] = extrapolate(stage(short[0]), stage(short[1]), short, workload.tokens)
+    else:
+        stages["traces"] = traces_stage(workload.tokens)
+        stages["online"] = online_stage(workload.tokens)
     stages["online"]["traces_per_batch"] = max(online_groups)
 
     from stepprune.grading import Grader
@@ -311,6 +357,7 @@ def run_pipeline_bench(
         stages["grading"] = _measure(
             model, each(lambda: [grader.grade("3", a) for a in answers]), per_trace
         )
+    stages = {name: stages[name] for name in STAGES}
     for stage in [*stages.values(), kv_before]:
         if step_ms is not None:
             stage["projected_seconds"] = stage["forwards"] * step_ms / 1000
