@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import statistics
 
@@ -30,7 +31,12 @@ OPERATIONS = {
     "÷": lambda a, b: a / b,  # true division: an inexact quotient fails the comparison
 }
 
-PROBLEMS = generate_planted(120, seed=0)
+
+@functools.cache
+def problems() -> list[Problem]:
+    """The 120 problems the tests read, made once per test process on first use, not at
+    collection (every xdist worker collects every module)."""
+    return generate_planted(120, seed=0)
 
 
 def paragraphs(problem: Problem) -> list[str]:
@@ -64,8 +70,9 @@ def test_ids_and_count() -> None:
         generate_planted(-1)
 
 
-@pytest.mark.parametrize("problem", PROBLEMS[:40], ids=lambda p: p.id)
-def test_labels_align_with_paragraphs(problem: Problem) -> None:
+@pytest.mark.parametrize("index", range(40))
+def test_labels_align_with_paragraphs(index: int) -> None:
+    problem = problems()[index]
     parts = paragraphs(problem)
     assert problem.step_labels is not None
     assert len(problem.step_labels) == len(parts)
@@ -90,13 +97,13 @@ def test_paragraph_rules_hold_for_many_seeds() -> None:
 
 
 def test_answers_are_positive_integers_in_final() -> None:
-    for problem in PROBLEMS:
+    for problem in problems():
         assert problem.answer.isdigit() and int(problem.answer) > 0
         assert problem.final == f"The answer is \\boxed{{{problem.answer}}}."
 
 
 def test_final_necessary_step_states_the_answer() -> None:
-    for problem in PROBLEMS:
+    for problem in problems():
         last = labelled(problem, NECESSARY)[-1]
         equations = EQUATION.findall(last)
         assert equations, last
@@ -104,7 +111,7 @@ def test_final_necessary_step_states_the_answer() -> None:
 
 
 def test_each_necessary_step_carries_correct_arithmetic() -> None:
-    for problem in PROBLEMS:
+    for problem in problems():
         for step in labelled(problem, NECESSARY):
             equations = EQUATION.findall(step)
             assert len(equations) == 1, step
@@ -114,7 +121,7 @@ def test_each_necessary_step_carries_correct_arithmetic() -> None:
 
 def test_necessary_steps_chain_to_the_answer() -> None:
     """Every intermediate result of a necessary step is used by a later necessary step."""
-    for problem in PROBLEMS:
+    for problem in problems():
         steps = [EQUATION.findall(s)[0] for s in labelled(problem, NECESSARY)]
         for index, (_, _, _, result) in enumerate(steps[:-1]):
             later_operands = {operand for s in steps[index + 1 :] for operand in (s[0], s[2])}
@@ -123,7 +130,7 @@ def test_necessary_steps_chain_to_the_answer() -> None:
 
 def test_arithmetic_in_planted_steps_is_correct_too() -> None:
     """Re-checks and false starts compute correctly; they are redundant, not wrong sums."""
-    for problem in PROBLEMS:
+    for problem in problems():
         for step in labelled(problem, PLANTED):
             for left, op, right, result in EQUATION.findall(step):
                 assert OPERATIONS[op](int(left), int(right)) == int(result), step
@@ -131,7 +138,7 @@ def test_arithmetic_in_planted_steps_is_correct_too() -> None:
 
 def test_planted_steps_take_varied_positions() -> None:
     first_step_planted, last_step_planted, positions = 0, 0, set()
-    for problem in PROBLEMS:
+    for problem in problems():
         labels = problem.step_labels
         assert labels is not None
         first_step_planted += labels[0] == PLANTED
@@ -143,9 +150,9 @@ def test_planted_steps_take_varied_positions() -> None:
 
 
 def test_several_templates_and_kinds_are_used() -> None:
-    questions = {p.problem.split()[2] for p in PROBLEMS}  # a cheap fingerprint of the template
+    questions = {p.problem.split()[2] for p in problems()}  # a cheap fingerprint of the template
     assert len(questions) >= 5
-    planted_text = " ".join(s for p in PROBLEMS for s in labelled(p, PLANTED))
+    planted_text = " ".join(s for p in problems() for s in labelled(p, PLANTED))
     for marker in ["question", "check", "Maybe I should", "does not", "wrong"]:
         assert marker in planted_text
 
@@ -155,7 +162,7 @@ def test_planted_steps_are_length_matched_to_a_necessary_step() -> None:
     approximate tokens); a few short targets cannot be met that closely (30-character minimum,
     numbers costing several tokens) and get the closest phrasing."""
     gaps = []
-    for problem in PROBLEMS:
+    for problem in problems():
         necessary = [approx_tokens(s) for s in labelled(problem, NECESSARY)]
         for step in labelled(problem, PLANTED):
             gaps.append(min(abs(approx_tokens(step) - n) / n for n in necessary))
@@ -166,8 +173,8 @@ def test_planted_steps_are_length_matched_to_a_necessary_step() -> None:
 
 def test_necessary_lengths_are_each_used_as_targets() -> None:
     """Targets cycle through the necessary steps: the planted lengths spread like theirs."""
-    necessary = [approx_tokens(s) for p in PROBLEMS for s in labelled(p, NECESSARY)]
-    planted = [approx_tokens(s) for p in PROBLEMS for s in labelled(p, PLANTED)]
+    necessary = [approx_tokens(s) for p in problems() for s in labelled(p, NECESSARY)]
+    planted = [approx_tokens(s) for p in problems() for s in labelled(p, PLANTED)]
     assert abs(statistics.mean(planted) / statistics.mean(necessary) - 1) < 0.05
     assert abs(statistics.stdev(planted) / statistics.stdev(necessary) - 1) < 0.2
 
@@ -237,7 +244,7 @@ def test_planted_and_necessary_positions_balance(seed: int) -> None:
 
 def test_names_keep_their_capital_letter() -> None:
     names = {"tom", "mia", "ravi", "lena", "omar", "sara", "ben", "ana"}
-    for problem in PROBLEMS:
+    for problem in problems():
         assert problem.reasoning is not None
         assert not names & set(re.findall(r"\b[a-z]+\b", problem.reasoning)), problem.reasoning
 
@@ -245,7 +252,7 @@ def test_names_keep_their_capital_letter() -> None:
 def test_the_last_number_of_every_trace_is_the_answer() -> None:
     """Planted steps after the final necessary step re-check the final result and end with it,
     so the full context never ends on another number."""
-    for problem in PROBLEMS:
+    for problem in problems():
         assert problem.reasoning is not None
         assert re.findall(r"\d+", problem.reasoning)[-1] == problem.answer, problem.reasoning
 
@@ -257,7 +264,7 @@ def test_fillers_are_not_a_planted_only_cue() -> None:
         return text.startswith(LEAD_INS[1:]) or text.endswith(TAILS[1:])
 
     rates = {
-        label: statistics.mean(has_filler(s) for p in PROBLEMS for s in labelled(p, label))
+        label: statistics.mean(has_filler(s) for p in problems() for s in labelled(p, label))
         for label in (NECESSARY, PLANTED)
     }
     assert 0.2 < rates[NECESSARY] < 0.8
@@ -268,7 +275,7 @@ def test_rechecks_follow_and_false_starts_precede_a_necessary_step() -> None:
     """A re-check checks an earlier result; a false start fumbles the operands of the next
     necessary step. Both are recognised by their equation: a false start's is abandoned ("No")."""
     seen = {"recheck": 0, "false start": 0}
-    for problem in PROBLEMS:
+    for problem in problems():
         assert problem.step_labels is not None
         parts = paragraphs(problem)
         for index, (text, label) in enumerate(zip(parts, problem.step_labels, strict=True)):
@@ -298,7 +305,7 @@ def test_rechecks_follow_and_false_starts_precede_a_necessary_step() -> None:
 
 def test_segmentation_finds_one_step_per_label(r1_tokenizer) -> None:
     """The labels reach the pipeline's steps: segmentation splits exactly at the paragraphs."""
-    for problem in PROBLEMS[:15]:
+    for problem in problems()[:15]:
         assert problem.reasoning is not None
         ids = r1_tokenizer.encode(problem.reasoning, add_special_tokens=False)
         steps = segment_steps(r1_tokenizer, ids, 0, len(ids))

@@ -4,6 +4,7 @@ matched, and ``--dataset planted:causal`` loads it."""
 
 from __future__ import annotations
 
+import functools
 import re
 import statistics
 
@@ -29,7 +30,12 @@ EQUATION = re.compile(r"(\d+) ([×÷+-]) (\d+) = (\d+)")
 NUMBER = re.compile(r"\d+")
 OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "×": lambda a, b: a * b}
 
-PROBLEMS = generate_causal(120, seed=0)
+
+@functools.cache
+def problems() -> list[Problem]:
+    """The 120 problems the tests read, made once per test process on first use, not at
+    collection (every xdist worker collects every module)."""
+    return generate_causal(120, seed=0)
 
 
 def paragraphs(problem: Problem) -> list[str]:
@@ -67,7 +73,7 @@ def test_ids_count_and_variants() -> None:
 
 
 def test_labels_align_with_paragraphs() -> None:
-    for problem in PROBLEMS:
+    for problem in problems():
         parts, labels = paragraphs(problem), problem.step_labels
         assert labels is not None and len(labels) == len(parts)
         assert 2 <= labels.count(NECESSARY) <= 4
@@ -76,7 +82,7 @@ def test_labels_align_with_paragraphs() -> None:
 
 
 def test_answer_is_the_list_of_the_necessary_results_in_order() -> None:
-    for problem in PROBLEMS:
+    for problem in problems():
         results = []
         for step in labelled(problem, NECESSARY):
             [(left, op, right, result)] = EQUATION.findall(step)
@@ -93,7 +99,7 @@ def test_answer_is_the_list_of_the_necessary_results_in_order() -> None:
 def test_each_value_is_written_only_in_its_own_step() -> None:
     """The digits of a value occur in no number of the question, of a planted step or of another
     necessary step; so removing its step removes the value from the context."""
-    for problem in PROBLEMS:
+    for problem in problems():
         necessary = labelled(problem, NECESSARY)
         for value, own in zip(values(problem), necessary, strict=True):
             others = [problem.problem] + [p for p in paragraphs(problem) if p != own]
@@ -104,7 +110,7 @@ def test_each_value_is_written_only_in_its_own_step() -> None:
 
 def test_planted_steps_carry_no_value_of_the_answer() -> None:
     seen = 0
-    for problem in PROBLEMS:
+    for problem in problems():
         for step in labelled(problem, PLANTED):
             for value in values(problem):
                 assert value not in step, (value, step)
@@ -116,7 +122,7 @@ def test_the_answer_is_not_restated_after_the_last_necessary_step() -> None:
     """Unlike the semantic set, the trace does not end on the answer: some traces end on a
     planted step, and the last number of such a trace is not a value of the answer."""
     ends_planted = 0
-    for problem in PROBLEMS:
+    for problem in problems():
         assert problem.step_labels is not None
         if problem.step_labels[-1] == PLANTED:
             ends_planted += 1
@@ -126,37 +132,37 @@ def test_the_answer_is_not_restated_after_the_last_necessary_step() -> None:
 
 
 def test_planted_kinds_and_themes_vary() -> None:
-    planted_text = " ".join(s for p in PROBLEMS for s in labelled(p, PLANTED))
+    planted_text = " ".join(s for p in problems() for s in labelled(p, PLANTED))
     for marker in ["question", "check", "No", "As an aside", "numbers"]:
         assert marker in planted_text
-    intros = {p.problem.split(":")[0].split(" ", 1)[1] for p in PROBLEMS}
+    intros = {p.problem.split(":")[0].split(" ", 1)[1] for p in problems()}
     assert len(intros) == len(THEMES)
 
 
 def test_planted_steps_are_length_matched() -> None:
     gaps = []
-    for problem in PROBLEMS:
+    for problem in problems():
         necessary = [approx_tokens(s) for s in labelled(problem, NECESSARY)]
         for step in labelled(problem, PLANTED):
             gaps.append(min(abs(approx_tokens(step) - n) / n for n in necessary))
     assert sum(gap <= LENGTH_TOLERANCE for gap in gaps) / len(gaps) >= 0.95
-    necessary = [approx_tokens(s) for p in PROBLEMS for s in labelled(p, NECESSARY)]
-    planted = [approx_tokens(s) for p in PROBLEMS for s in labelled(p, PLANTED)]
+    necessary = [approx_tokens(s) for p in problems() for s in labelled(p, NECESSARY)]
+    planted = [approx_tokens(s) for p in problems() for s in labelled(p, PLANTED)]
     assert abs(statistics.mean(planted) / statistics.mean(necessary) - 1) < 0.05
 
 
 def test_length_and_position_do_not_predict_the_label(r1_tokenizer) -> None:
     """The length and position baselines of the benchmark have nothing to find."""
-    labels = [p.step_labels for p in PROBLEMS]
+    labels = [p.step_labels for p in problems()]
     lengths = [
         [len(r1_tokenizer.encode(t, add_special_tokens=False)) for t in paragraphs(p)]
-        for p in PROBLEMS
+        for p in problems()
     ]
-    positions = [list(range(len(p.step_labels or []))) for p in PROBLEMS]
+    positions = [list(range(len(p.step_labels or []))) for p in problems()]
     assert 0.4 < auroc(lengths, labels) < 0.6
     assert 0.4 < auroc(positions, labels) < 0.6
     relative: dict[str, list[float]] = {NECESSARY: [], PLANTED: []}
-    for problem in PROBLEMS:
+    for problem in problems():
         assert problem.step_labels is not None
         for index, label in enumerate(problem.step_labels):
             relative[label].append(index / (len(problem.step_labels) - 1))
@@ -164,7 +170,7 @@ def test_length_and_position_do_not_predict_the_label(r1_tokenizer) -> None:
 
 
 def test_segmentation_finds_one_step_per_label(r1_tokenizer) -> None:
-    for problem in PROBLEMS[:15]:
+    for problem in problems()[:15]:
         assert problem.reasoning is not None
         ids = r1_tokenizer.encode(problem.reasoning, add_special_tokens=False)
         steps = segment_steps(r1_tokenizer, ids, 0, len(ids))
@@ -174,7 +180,7 @@ def test_segmentation_finds_one_step_per_label(r1_tokenizer) -> None:
 
 def test_answers_grade_as_lists() -> None:
     """math-verify reads the list answer: the answer itself is right, a missing value wrong."""
-    for problem in PROBLEMS[:3]:
+    for problem in problems()[:3]:
         assert _grade_in_worker(problem.answer, problem.final or "", 5).correct
         shorter = ", ".join(values(problem)[:-1])
         assert not _grade_in_worker(problem.answer, f"\\boxed{{{shorter}}}", 5).correct

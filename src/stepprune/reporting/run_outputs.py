@@ -14,7 +14,6 @@ from typing import Any
 from rich.console import Console
 
 from stepprune.aggregate import Summary, build_summary
-from stepprune.reporting.plots import importance_figure, pick_trace_for_plot, save_figure
 from stepprune.reporting.tables import print_summary_table, results_markdown
 from stepprune.runfolder import (
     IMPORTANCE_PLOT,
@@ -93,6 +92,9 @@ def write_run_outputs(
     )
     write_atomic(run.path / SUMMARY_FILE, summary.to_text())
     write_atomic(run.path / RESULTS_FILE, results_markdown(summary))
+    # matplotlib loads here, at the end of a run, not with the package (about 1.4 s).
+    from stepprune.reporting.plots import importance_figure, pick_trace_for_plot, save_figure
+
     trace = pick_trace_for_plot(traces)
     if trace is not None:
         save_figure(importance_figure(trace), run.path / IMPORTANCE_PLOT)
