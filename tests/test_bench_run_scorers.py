@@ -192,6 +192,11 @@ def test_json_keys_and_recovery(folder: Path, model, monkeypatch: pytest.MonkeyP
     assert len(all_kept) == 2 and full == {sum(all_kept) / 2}
     table = run_results_markdown(run_scorers_benchmark(folder, *model, ["position"], THRESHOLDS))
     assert "| `position` |" in table and "(control)" in table
+    oracles = {entry["scorer"]: entry["oracle"] for entry in data["scorers"]}
+    assert oracles == {"length": False, "position": False, "ablation": True}
+    # These traces are teacher-forced: the token after their answer ends the reference answer.
+    (last,) = run_scorers_benchmark(folder, *model, ["attention"], THRESHOLDS).scorers
+    assert last.oracle
 
 
 @pytest.mark.e2e

@@ -78,8 +78,8 @@ class RunScorerResult:
     """One scorer on a run folder: mean Spearman with ablation (over problems, NaN if none has
     a correlation), its 95% interval, recovery per threshold key, and how many problems and
     traces the correlation is over. ``oracle``: the scorer reads the reference answer
-    (``reads_gold``); on a run's generated traces the answer section is the model's own, so
-    ``attention:query=last|answer`` are not oracles here."""
+    (``reads_gold``) or the answer section of teacher-forced traces (``query=last``), which is
+    the reference there; on generated traces that section is the model's own."""
 
     scorer: str
     spearman: float
@@ -353,6 +353,7 @@ def run_scorers_benchmark(
         items, skipped = _problems(run)
         if not items:
             raise RunFolderError(f"{folder_path}: no trace with steps and a record to score")
+        forced = any(trace.teacher_forced for _, trace in items)
         specs = list(dict.fromkeys([REFERENCE, *(s.spec for s in scorers), control.spec]))
         all_scorers = {s.spec: s for s in [reference, *scorers, control]}
         computed: dict[str, int] = {}
@@ -395,7 +396,7 @@ def run_scorers_benchmark(
                 recovery=_recovery(correct, scorer.spec, thresholds),
                 n_problems=len(per_problem),
                 n_traces=sum(not math.isnan(v) for v in rho[scorer.spec].values()),
-                oracle=scorer.reads_gold,
+                oracle=scorer.reads_gold or (forced and scorer.reads_answer_section),
             )
         )
     return RunBenchResult(
