@@ -184,7 +184,6 @@ def test_math_verify_timeout_is_silent_incorrect_and_counted(capfd, caplog) -> N
 
 
 @pytest.mark.parametrize("answer", [r"\boxed{34}", r"\boxed{35}"])
-def test_ordinary_grades_have_no_issue(answer: str) -> None:
-    with Grader(timeout_s=20.0) as g:
-        grade = g.grade("34", answer)
-    assert grade.issue is None and g.timeouts == 0
+def test_ordinary_grades_have_no_issue(answer: str, grader: Grader) -> None:
+    grade = grader.grade("34", answer)
+    assert grade.issue is None and grader.timeouts == 0

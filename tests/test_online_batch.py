@@ -218,7 +218,12 @@ def test_mode_records_are_the_same_batched_or_not(tiny_r1_tokenizer, monkeypatch
     from stepprune.modes import to_record
 
     arch, overrides = ARCHS["qwen2"]
-    model = tiny_model(arch, eos_token_id=tiny_r1_tokenizer.eos_token_id, **overrides)
+    model = tiny_model(
+        arch,
+        vocab_size=len(tiny_r1_tokenizer),
+        eos_token_id=tiny_r1_tokenizer.eos_token_id,
+        **overrides,
+    )
     with Grader() as grader:
         session = Session(model, tiny_r1_tokenizer, scorer="attention:query=probe", grader=grader)
         problem, trace, _ = _forced_trace(session)

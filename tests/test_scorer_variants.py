@@ -84,9 +84,12 @@ VARIANTS = [
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
 @pytest.mark.parametrize("scorer", VARIANTS, ids=lambda s: s.spec)
-def test_attention_variants_match_eager(arch: str, scorer: AttentionScorer, r1_tokenizer) -> None:
-    model = tiny_model(arch, num_hidden_layers=2)
-    fmt, trace = _trace(r1_tokenizer)
+def test_attention_variants_match_eager(
+    arch: str, scorer: AttentionScorer, tiny_r1_tokenizer
+) -> None:
+    # The small vocabulary: query=answer,answer=own decodes an answer, over 525 ids not 152k.
+    model = tiny_model(arch, vocab_size=len(tiny_r1_tokenizer), num_hidden_layers=2)
+    fmt, trace = _trace(tiny_r1_tokenizer)
     scores = torch.tensor(scorer.score(model, trace, fmt, PROBLEM.answer), dtype=torch.float64)
     reference = _reference_scores(model, trace, fmt, scorer)
     assert (scores - reference).abs().max().item() < 1e-5
@@ -125,9 +128,9 @@ def test_receiver_heads_on_a_crafted_case() -> None:
     assert select_receiver_heads(mass, 1) == [(1, 2)]
 
 
-def test_receiver_scorer_uses_only_the_chosen_heads(r1_tokenizer) -> None:
-    model = tiny_model("qwen2", num_hidden_layers=2)
-    fmt, trace = _trace(r1_tokenizer)
+def test_receiver_scorer_uses_only_the_chosen_heads(tiny_r1_tokenizer) -> None:
+    model = tiny_model("qwen2", vocab_size=len(tiny_r1_tokenizer), num_hidden_layers=2)
+    fmt, trace = _trace(tiny_r1_tokenizer)
     scorer = AttentionScorer(heads="receiver", receivers=1)
     steps = scorer.step_mass(model, trace, fmt)  # (L, H, Q, S)
     ((layer, head),) = select_receiver_heads(steps.mean(2), 1)

@@ -15,10 +15,14 @@ from tests.test_scorer_variants import PROBLEM, _trace
 
 
 @pytest.fixture(scope="module")
-def setup(r1_tokenizer):
-    fmt, trace = _trace(r1_tokenizer)
+def setup(tiny_r1_tokenizer):
+    fmt, trace = _trace(tiny_r1_tokenizer)
     model = tiny_model(
-        "qwen2", num_hidden_layers=2, initializer_range=0.5, eos_token_id=r1_tokenizer.eos_token_id
+        "qwen2",
+        vocab_size=len(tiny_r1_tokenizer),
+        num_hidden_layers=2,
+        initializer_range=0.5,
+        eos_token_id=tiny_r1_tokenizer.eos_token_id,
     ).double()
     return model, fmt, trace
 

@@ -37,12 +37,16 @@ from tests.test_scorer_variants import PROBLEM, _trace
 
 
 @pytest.fixture(scope="module")
-def setup(r1_tokenizer):
+def setup(tiny_r1_tokenizer):
     """The 4-step apples trace and a tiny model whose predictions are far from uniform
     (large initial weights), so per-position values differ and an off-by-one shows."""
-    fmt, trace = _trace(r1_tokenizer)
+    fmt, trace = _trace(tiny_r1_tokenizer)
     model = tiny_model(
-        "qwen2", num_hidden_layers=2, initializer_range=0.5, eos_token_id=r1_tokenizer.eos_token_id
+        "qwen2",
+        vocab_size=len(tiny_r1_tokenizer),
+        num_hidden_layers=2,
+        initializer_range=0.5,
+        eos_token_id=tiny_r1_tokenizer.eos_token_id,
     )
     return model, fmt, trace
 
@@ -263,9 +267,9 @@ def test_head_concentration_on_a_crafted_case() -> None:
     assert head_concentration(mass)[0].tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
 
 
-def test_calibration_averages_over_traces(setup, r1_tokenizer) -> None:
+def test_calibration_averages_over_traces(setup, tiny_r1_tokenizer) -> None:
     model, fmt, trace = setup
-    other = _trace(r1_tokenizer)[1]
+    other = _trace(tiny_r1_tokenizer)[1]
     other.steps = other.steps[1:3]  # another step set: another concentration per head
     for i, step in enumerate(other.steps):
         step.index = i
