@@ -9,6 +9,7 @@ import torch
 
 from stepprune.context import text_context
 from stepprune.models import ChatFormat
+from stepprune.registry import SpecError
 from stepprune.schema import Problem
 from stepprune.scorers import SCORERS, AblationScorer, AttentionScorer
 from stepprune.scorers.ablation import answer_logprob, answer_target_ids
@@ -79,7 +80,10 @@ VARIANTS = [
         ("probe", "max", "mean", "exclude", "first-half"),
         ("answer", "max", "sum", "exclude", "last-half"),
     ]
-] + [AttentionScorer(query="answer", answer="reference")]
+] + [
+    AttentionScorer(query="answer", answer="reference"),
+    AttentionScorer(query="answer", answer="reference", answer_tokens="values", layers="last-half"),
+]
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
@@ -118,6 +122,24 @@ def test_reference_answer_queries_span_the_cue_and_the_reference(r1_tokenizer) -
     assert positions == list(range(trace.reasoning_end, len(ids)))
     answer = r1_tokenizer.decode(ids[positions[0] :])
     assert answer.startswith("</think>") and answer.endswith("\\boxed{34}.")
+
+
+def test_value_queries_are_the_answer_positions_that_write_a_digit(tiny_r1_tokenizer) -> None:
+    fmt, trace = _trace(tiny_r1_tokenizer)
+    every = AttentionScorer(query="answer", answer="reference")
+    values = AttentionScorer(query="answer", answer="reference", answer_tokens="values")
+    ids, all_positions = every._queries(None, trace, fmt, PROBLEM.answer)
+    same_ids, positions = values._queries(None, trace, fmt, PROBLEM.answer)
+    assert same_ids == ids and set(positions) < set(all_positions)
+    # Each query predicts a digit of "34", and together they write all of it.
+    written = "".join(tiny_r1_tokenizer.decode(ids[p + 1]) for p in positions)
+    assert written == "34"
+    assert values.spec.endswith(
+        "answer=reference,answer_tokens=values,layers=all,heads=mean,agg=sum,sink=keep"
+    )
+    assert "answer_tokens" not in every.spec  # specs written before the option are unchanged
+    with pytest.raises(SpecError, match="answer_tokens=values needs query=answer"):
+        AttentionScorer(answer_tokens="values")
 
 
 def test_receiver_heads_on_a_crafted_case() -> None:

@@ -15,6 +15,9 @@ Spec options (``attention:query=probe,layers=first-half,heads=receiver,agg=mean,
   the answer section of a generated trace, the greedy answer decoded after the reasoning on a
   teacher-forced one, see :mod:`stepprune.scorers.own_answer`) or ``reference`` (the reference
   answer teacher-forced after the reasoning and cue, as ``ablation`` scores it: an oracle).
+- ``answer_tokens`` (``query=answer`` only): ``all`` (default: every query above) or
+  ``values``: only the answer positions whose next token holds a digit, where the model writes
+  the answer's values (the "copy queries": a value is copied from the step that computed it).
 - ``probe_tokens`` (``query=probe`` only): ``last`` (default, as Think Clearly: the
   end-of-thinking token closing the probe, ``</think>`` for thinking models, else the probe's
   final token) or ``all`` (the mean over every probe token: the behaviour before this option).
@@ -185,6 +188,7 @@ class AttentionScorer(Scorer):
     probe_tokens: Literal["last", "all"] = "last"
     calibration: str = ""
     answer: AnswerSource = "own"
+    answer_tokens: Literal["all", "values"] = "all"
     # The (layer, head) pairs read from ``calibration`` (empty: chosen per trace).
     calibrated: tuple[tuple[int, int], ...] = field(
         init=False, repr=False, compare=False, default=()
@@ -200,6 +204,8 @@ class AttentionScorer(Scorer):
             # The spec names ``answer`` only with query=answer: refuse it elsewhere rather than
             # build a scorer whose spec does not say what it was asked.
             raise SpecError(f"attention: answer={self.answer} needs query=answer")
+        if self.answer_tokens != "all" and self.query != "answer":
+            raise SpecError(f"attention: answer_tokens={self.answer_tokens} needs query=answer")
         if self.calibration:
             self._load_calibration()
 
@@ -224,6 +230,8 @@ class AttentionScorer(Scorer):
             parts.append(f"probe_tokens={self.probe_tokens}")
         if self.query == "answer":
             parts.append(f"answer={self.answer}")
+            if self.answer_tokens != "all":  # specs written before the option stay the same
+                parts.append(f"answer_tokens={self.answer_tokens}")
         parts += [f"layers={self.layers}", f"heads={self.heads}"]
         if self.calibration:
             parts.append(f"calibration={self.calibration}")
@@ -265,6 +273,9 @@ class AttentionScorer(Scorer):
         else:
             ids = trace.all_ids
         positions = list(range(trace.reasoning_end, len(ids)))
+        if self.answer_tokens == "values":  # the positions that predict a digit
+            decode = fmt.tokenizer.decode
+            positions = [p for p in positions[:-1] if any(c.isdigit() for c in decode(ids[p + 1]))]
         return ids, positions or [len(ids) - 1]  # a truncated trace has no answer span
 
     @property
