@@ -194,9 +194,11 @@ def test_json_keys_and_recovery(folder: Path, model, monkeypatch: pytest.MonkeyP
     assert "| `position` |" in table and "(control)" in table
     oracles = {entry["scorer"]: entry["oracle"] for entry in data["scorers"]}
     assert oracles == {"length": False, "position": False, "ablation": True}
-    # These traces are teacher-forced: the token after their answer ends the reference answer.
-    (last,) = run_scorers_benchmark(folder, *model, ["attention"], THRESHOLDS).scorers
-    assert last.oracle
+    # These traces are teacher-forced: the token after their answer ends the reference answer,
+    # so query=last is an oracle here, and so is a composite that reads it.
+    specs = ["attention", "mix:a=attention,b=length", "attention:query=reasoning_end"]
+    result = run_scorers_benchmark(folder, *model, specs, THRESHOLDS)
+    assert [r.oracle for r in result.scorers] == [True, True, False]
 
 
 @pytest.mark.e2e

@@ -396,7 +396,7 @@ def run_scorers_benchmark(
                 recovery=_recovery(correct, scorer.spec, thresholds),
                 n_problems=len(per_problem),
                 n_traces=sum(not math.isnan(v) for v in rho[scorer.spec].values()),
-                oracle=scorer.reads_gold or (forced and scorer.reads_answer_section),
+                oracle=scorer.oracle_on_teacher_forced if forced else scorer.reads_gold,
             )
         )
     return RunBenchResult(
