@@ -56,7 +56,7 @@ $(VENV)/.ray: $(VENV)/.installed
 ray: $(VENV)/.ray
 
 # The GPU check of the seed's scale (README, "Pipeline counts"): R1-Distill-Qwen-1.5B's config
-# with random weights in bfloat16, the seed's workload cut to about 5 minutes on one H100
+# with random weights in bfloat16, the seed's workload cut to an estimated 5 minutes on one H100
 # (one batch of 8 traces of 4096 forced tokens, one trace's answers, one online batch of 48
 # rows). Per stage: seconds, forwards, rows per forward; seconds / forwards is the step time.
 R1_CONFIG ?= ../shared/models/DeepSeek-R1-Distill-Qwen-1.5B

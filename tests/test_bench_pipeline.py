@@ -48,6 +48,28 @@ def test_stages_counted_kv_batched_and_dry_run_counts_equal_a_real_run(tiny) -> 
     assert online["rows_per_forward"] > SMALL.traces * SMALL.thresholds * 0.9
 
 
+@pytest.mark.e2e
+def test_dry_run_extrapolation_with_scaled_batches_and_an_uneven_length(tiny) -> None:  # noqa: F811
+    """Three traces in batches of 2 (one batch measured, scaled by 2), two online groups of
+    which one runs, and 72 tokens (not a multiple of the 16-token interval): the dry run's
+    counts still equal a real run's. Checkpoint probes ride in their token's forward, as
+    tests/test_online_batch.py checks on a model that writes steps."""
+    workload = Workload(
+        problems=3, samples=1, tokens=72, thresholds=2, answer_tokens=3, interval=16, batch=2
+    )
+    small_budget = {"kv_batch_mib": 1, "online_batch_mib": 1}
+    real = run_pipeline_bench(*tiny, workload, measure=1, **small_budget)
+    dry = run_pipeline_bench(*tiny, workload, measure=1, dry_run=True, **small_budget)
+    assert real["stages"]["traces"]["scale"] == 2.0
+    assert dry["stages"]["online"]["extrapolated_from"] == [32, 64]
+    assert dry["stages"]["online"]["seconds"] is None
+    for name in STAGES:
+        assert dry["stages"][name]["forwards"] == real["stages"][name]["forwards"], name
+        assert dry["stages"][name]["rows_per_forward"] == pytest.approx(
+            real["stages"][name]["rows_per_forward"]
+        ), name
+
+
 def test_workload_names_and_shapes() -> None:
     assert parse_workload("seed").traces == 120 and parse_workload("seed").tokens == 12288
     assert parse_workload("4x2x2048x6x64") == Workload(4, 2, 2048, 6, 64)

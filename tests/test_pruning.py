@@ -115,6 +115,16 @@ def test_adaptive_gate_options_and_spec() -> None:
         POLICIES.build("adaptive:gate=1.5")
 
 
+def test_traac_evicts_at_most_80_percent_of_the_steps() -> None:
+    """U = 0.131 for one dominant step among 11: r = 0.99 gives floor(11 x 0.861) = 9 evicted
+    without TRAAC's cap, floor(11 x 0.8) = 8 with it."""
+    scores = [0.95] + [0.005] * 10
+    keep = POLICIES.build("adaptive:r=0.99").keep(scores, 0.5)
+    assert keep.count(False) == 8 == len(_traac_evicted(scores, 0.99))
+    # The earlier of tied steps go first: the last two of the ten ties stay.
+    assert keep == [True] + [False] * 8 + [True, True]
+
+
 def test_traac_uniformity_reads_negative_scores_as_zero() -> None:
     """TRAAC clips negative importances to 0 before its entropy (a NaN otherwise)."""
     from stepprune.policies import normalised_entropy

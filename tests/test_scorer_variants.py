@@ -137,6 +137,7 @@ def test_value_queries_are_the_answer_positions_that_write_a_digit(tiny_r1_token
     assert values.spec.endswith(
         "answer=reference,answer_tokens=values,layers=all,heads=mean,agg=sum,sink=keep"
     )
+    assert SCORERS.build(values.spec) == values
     assert "answer_tokens" not in every.spec  # specs written before the option are unchanged
     with pytest.raises(SpecError, match="answer_tokens=values needs query=answer"):
         AttentionScorer(answer_tokens="values")

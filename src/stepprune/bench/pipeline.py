@@ -25,8 +25,9 @@ vocabulary (it reads the tokenizer's ids modulo 64): with forced lengths the cou
 on the model's size nor on its vocabulary. Trace generation and online mode, which decode
 ``tokens`` tokens one forward at a time, then run at two short lengths (2 and 4 checkpoint
 intervals) and are extrapolated to ``tokens`` (``extrapolate``; their forwards are affine in the
-length), so the seed's counts come in seconds. Its seconds are the stand-in's: read its
-``forwards`` and ``projected_seconds``.
+length; a checkpoint's probe rides in its token's forward, ``tests/test_online_batch.py``), so
+the seed's counts come in seconds. A dry run's seconds are the stand-in's (None where
+extrapolated): read its ``forwards`` and ``projected_seconds``.
 """
 
 from __future__ import annotations
@@ -125,8 +126,8 @@ class WrappedEmbedding(torch.nn.Embedding):
 
 def stand_in(model: PreTrainedModel) -> PreTrainedModel:
     """A one-layer, one-head, 8-wide random-weight model with a ``STAND_IN_VOCAB``-id vocabulary
-    (``--dry-run``). Its ids are below every special id of the bundled and R1 tokenizers but
-    SmolLM2's first ones (which the dry run never treats as stops: its stop lists are empty)."""
+    (``--dry-run``). It samples ids 0-63: below R1's special ids; SmolLM2's specials (0-16) are
+    among them, harmless because the dry run's stop lists are empty."""
     config = AutoConfig.for_model(
         "qwen2",
         vocab_size=STAND_IN_VOCAB,
@@ -187,9 +188,11 @@ def _measure(model: PreTrainedModel, fn: Callable[[], object], scale: float) -> 
 
 
 def extrapolate(first: dict, second: dict, lengths: tuple[int, int], tokens: int) -> dict:
-    """A stage measured at two forced lengths, extrapolated to ``tokens``: forwards, rows and
-    seconds taken as affine in the length (``_measure``'s fields, ``rows_per_forward``
-    recomputed from the extrapolated rows). ``extrapolated_from`` names the two lengths."""
+    """A stage measured at two forced lengths, extrapolated to ``tokens``: forwards and rows
+    are affine in the length (``_measure``'s fields, ``rows_per_forward`` recomputed from the
+    extrapolated rows). Time is not (attention grows with the cache), so ``seconds`` and
+    ``ms_per_forward`` are None; ``measured_seconds`` is the two short runs' and
+    ``extrapolated_from`` names their lengths."""
     share = (tokens - lengths[0]) / (lengths[1] - lengths[0])
 
     def line(a: float, b: float) -> float:
@@ -198,10 +201,10 @@ def extrapolate(first: dict, second: dict, lengths: tuple[int, int], tokens: int
     forwards = round(line(first["forwards"], second["forwards"]))
     rows = line(*(s["rows_per_forward"] * s["forwards"] for s in (first, second)))
     return {
-        "seconds": line(first["seconds"], second["seconds"]),
+        "seconds": None,
         "forwards": forwards,
         "rows_per_forward": rows / forwards if forwards else 0.0,
-        "ms_per_forward": second["ms_per_forward"],
+        "ms_per_forward": None,
         "measured_seconds": first["measured_seconds"] + second["measured_seconds"],
         "scale": second["scale"],
         "extrapolated_from": list(lengths),

@@ -9,9 +9,9 @@ its own ids incrementally and deciding its own evictions with the same ``OnlineP
 methods. What each row does, token by token, is what ``OnlinePruner.run`` does:
 
 - generated rows: sample, stop at an end-of-sequence id, forward the token, and at a due
-  checkpoint score the cached steps and evict. A probe scorer's probe is the row's input of the
-  next batched forward (other rows decode in it), so checkpoints cost no forward of their own
-  unless every live row probes at once; ``steps_only`` scorers score without a forward;
+  checkpoint score the cached steps and evict. A probe scorer's probe is appended to the row's
+  input of the next batched forward (other rows decode in it), so checkpoints cost no forward
+  of their own; ``steps_only`` scorers score without a forward;
 - teacher-forced rows (one trace's forced reasoning, shared by all rows of a batch): every
   chunk up to a checkpoint is one forward of all rows, the rows that score probe in one more
   forward, and the answers (after each row's own cue) are decoded greedily as rows.

@@ -17,7 +17,9 @@ Spec options (``attention:query=probe,layers=first-half,heads=receiver,agg=mean,
   answer teacher-forced after the reasoning and cue, as ``ablation`` scores it: an oracle).
 - ``answer_tokens`` (``query=answer`` only): ``all`` (default: every query above) or
   ``values``: only the answer positions whose next token holds a digit, where the model writes
-  the answer's values (the "copy queries": a value is copied from the step that computed it).
+  the answer's values (the "copy queries": a value is copied from the step that computed it);
+  all of the answer when it has no digit. On a generated trace of a thinking model the answer
+  section may restate the solution, so ``values`` then covers every number it writes.
 - ``probe_tokens`` (``query=probe`` only): ``last`` (default, as Think Clearly: the
   end-of-thinking token closing the probe, ``</think>`` for thinking models, else the probe's
   final token) or ``all`` (the mean over every probe token: the behaviour before this option).
@@ -38,6 +40,7 @@ extra memory is O(layers x heads x queries x steps), never tokens squared.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -273,9 +276,10 @@ class AttentionScorer(Scorer):
         else:
             ids = trace.all_ids
         positions = list(range(trace.reasoning_end, len(ids)))
-        if self.answer_tokens == "values":  # the positions that predict a digit
+        if self.answer_tokens == "values":  # the positions that predict an ASCII digit
             decode = fmt.tokenizer.decode
-            positions = [p for p in positions[:-1] if any(c.isdigit() for c in decode(ids[p + 1]))]
+            values = [p for p in positions[:-1] if set(decode(ids[p + 1])) & set(string.digits)]
+            positions = values or positions  # an answer without digits: all of it
         return ids, positions or [len(ids) - 1]  # a truncated trace has no answer span
 
     @property
