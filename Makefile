@@ -29,8 +29,10 @@ test: $(VENV)/.installed
 
 # The fast tier: everything but the bundled model (slow) and the end-to-end runs (e2e), in one
 # process per core (pytest-xdist; each test process keeps torch to one thread, see conftest.py).
+# It has no engine test to keep apart, so an idle process steals queued tests (worksteal):
+# no process waits at the end for the other's last tests.
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n auto --dist loadgroup -m "not slow and not e2e"; status=$$?; \
+	$(BIN)/python -m pytest -q -n auto --dist worksteal -m "not slow and not e2e"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: $(VENV)/.installed
