@@ -5,6 +5,7 @@ killed with SIGKILL and resumed. The error paths run without vLLM."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -43,16 +44,14 @@ def bundled():
 
 
 @pytest.fixture(scope="module")
-def bundled_vllm(bundled, tmp_path_factory):
-    """The bundled model through both engines (vLLM from the de-quantised copy, made in a
-    cache folder of the test's own)."""
+def bundled_vllm(bundled):
+    """The bundled model through both engines (vLLM from the de-quantised copy in the test
+    process's cache folder, conftest's, which loading ``bundled`` in float32 made or reused)."""
     require_vllm()
     model, tokenizer = bundled
     source, gguf_file = resolve_model_source("bundled")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("STEPPRUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        folder = model_folder_for_vllm(model, tokenizer, source, gguf_file)
-    assert folder.startswith(str(tmp_path_factory.getbasetemp()))
+    folder = model_folder_for_vllm(model, tokenizer, source, gguf_file)
+    assert folder.startswith(os.environ["STEPPRUNE_CACHE"])
     eos = eos_token_ids(model, tokenizer)
     options = VLLMOptions(max_model_len=2048)
     engine = VLLMEngine(folder, tokenizer, eos, dtype="float32", options=options)
