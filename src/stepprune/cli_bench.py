@@ -226,10 +226,14 @@ def bench_pipeline(
     ] = None,
     threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 1,
     kv_batch_mib: Annotated[
-        int | None, typer.Option(min=1, help="kv mode's cache MiB per batch (default 8192).")
+        int | None,
+        typer.Option(min=1, help="kv mode's cache MiB per batch (default: the mode's batch_mib)."),
     ] = None,
     online_batch_mib: Annotated[
-        int | None, typer.Option(min=1, help="Online mode's cache MiB per batch (default 32768).")
+        int | None,
+        typer.Option(
+            min=1, help="Online mode's cache MiB per batch (default: the mode's batch_mib)."
+        ),
     ] = None,
     model: ModelOpt = "bundled",
     device: DeviceOpt = "auto",
