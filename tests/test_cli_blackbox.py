@@ -50,6 +50,10 @@ TINY = (*RUN_ARGS, "--model", "{tiny}", "--limit", "2", "--thresholds", "0,0.5")
 FRESH = (*TINY, "--out", "{new}")
 CASE_TIMEOUT_S = 240
 WORKERS = max(1, min(3, os.cpu_count() or 1))
+# The module's cases run once, in the ``results`` fixture, for every case the session
+# collected; under pytest-xdist each process collects every case, so the module's tests stay
+# on one process (--dist loadgroup), or each process would run all 131 cases (70-85 s each).
+pytestmark = pytest.mark.xdist_group("blackbox")
 
 
 # -- altering a copy of the run folder ------------------------------------------------------------
