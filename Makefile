@@ -22,7 +22,8 @@ demo: $(VENV)/.installed
 	$(BIN)/stepprune run --limit 6 --out runs/demo
 
 # The test suite. pytest exits 5 when it collects no test: that is a failure too. One process
-# per core (pytest-xdist); the vLLM and Ray tests share the group "engines", run one at a time.
+# per core (pytest-xdist); tests marked xdist_group run in one process with their group (the
+# Ray tests one at a time, the vLLM module and the black-box cases with their module fixture once).
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status

@@ -23,8 +23,9 @@ from tests.conftest import tiny_model
 from tests.extras import require_vllm
 from tests.processes import alive, cmdline, descendants, kill_all, stop, wait_for
 
-# vLLM and Ray start servers and look for their processes: one such test at a time.
-pytestmark = pytest.mark.xdist_group("engines")
+# One test process runs the whole module, so that its vLLM engine (module fixture, 30 s to
+# start) starts once.
+pytestmark = pytest.mark.xdist_group("vllm")
 
 PROBLEMS = [f"What is {a} + {2 * a + 1}?" for a in range(1, 7)]
 

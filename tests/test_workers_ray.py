@@ -1,11 +1,17 @@
-"""`--workers 2` spreads the transformers stages over two Ray actors (a local Ray instance the
-run starts and stops): the records are those of a run in one process, the driver alone writes
-the folder, and no Ray process outlives the run."""
+"""`--workers 2` spreads the transformers stages over two Ray actors, on a local Ray instance
+the run starts and stops, or on a cluster (`--ray-address`): the records are those of a run in
+one process, the driver alone writes the folder, a run killed with SIGKILL resumes, and no Ray
+process of the run outlives it.
+
+Each Ray start costs about 15 s of the machine's two cores, so each test goes through several
+phases of one folder (killed, then resumed to the end) rather than starting Ray once per
+property; the run in one process they are compared with is made once for the module."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -15,31 +21,31 @@ import pytest
 from tests.extras import require_ray
 from tests.processes import alive, cmdline, descendants, kill_all, stop, wait_for
 
-# vLLM and Ray start servers and look for their processes: one such test at a time.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("engines")]
+# Tests that start Ray look for its processes by name: one such test at a time.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("ray")]
 
-PROBLEMS = [f"What is {a} + {2 * a + 1}?" for a in range(1, 6)]
+PROBLEMS = [f"What is {a} + {2 * a + 1}?" for a in range(1, 4)]
 COMPARED = ["answer_text", "prediction", "correct", "kept_steps", "tokens_kept", "context_tokens"]
 
 
-def _dataset(path: Path) -> Path:
+def dataset(path: Path) -> Path:
     rows = [{"id": f"q{i}", "problem": p, "answer": str(3 * i + 2)} for i, p in enumerate(PROBLEMS)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-def _run(model: Path, dataset: Path, out: Path, *extra: str) -> None:
-    command = [
-        sys.executable, "-m", "stepprune", "run", "--model", str(model), "--dataset",
-        str(dataset), "--samples", "2", "--max-new-tokens", "24", "--answer-max-tokens", "6",
-        "--thresholds", "0,0.5", "--device", "cpu", "--out", str(out), *extra,
+def command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """A small run: two sampled traces per problem (sampling is seeded per sequence, so the
+    traces must not depend on which worker ran them), thresholds 0 and 0.5, and controls."""
+    return [
+        sys.executable, "-m", "stepprune", "run", "--model", str(model), "--dataset", str(data),
+        "--samples", "2", "--max-new-tokens", "24", "--answer-max-tokens", "6", "--thresholds",
+        "0,0.5", "--device", "cpu", "--out", str(out), *extra,
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def _rows(out: Path, name: str) -> dict[tuple, dict]:
+    """The rows of ``name`` by unit (and threshold and scorer); a unit written twice fails."""
     rows = [json.loads(x) for x in (out / name).read_text().splitlines()]
     key = ("problem_id", "sample", "threshold", "scorer")
     keyed: dict[tuple, dict] = {}
@@ -50,28 +56,11 @@ def _rows(out: Path, name: str) -> dict[tuple, dict]:
     return keyed
 
 
-def _ray_processes() -> set[int]:
-    names = ("raylet", "gcs_server", "ray::", "default_worker.py")
-    return {
-        int(pid)
-        for pid in os.listdir("/proc")
-        if pid.isdigit() and any(n in cmdline(int(pid)) for n in names)
-    }
-
-
-def test_two_workers_give_the_records_of_one_process(tiny_r1_dir: Path, tmp_path: Path) -> None:
-    require_ray()
-    dataset = _dataset(tmp_path / "q.jsonl")
-    before = _ray_processes()
-    _run(tiny_r1_dir, dataset, tmp_path / "one")
-    _run(tiny_r1_dir, dataset, tmp_path / "two", "--workers", "2")
-    # The run stopped the Ray instance it started: its processes are gone within seconds (on a
-    # loaded machine they may still be exiting when the run returns).
-    assert wait_for(lambda: _ray_processes() <= before, timeout=60), _ray_processes() - before
-    one, two = tmp_path / "one", tmp_path / "two"
+def assert_same_records(one: Path, two: Path) -> None:
+    """The folder ``two`` holds the traces, records and controls of ``one``, each unit once."""
     traces_one, traces_two = _rows(one, "traces.jsonl"), _rows(two, "traces.jsonl")
     assert len(traces_one) == len(PROBLEMS) * 2 and set(traces_one) == set(traces_two)
-    for key, trace in traces_one.items():  # sampled traces: chunks of 8 units, whoever ran them
+    for key, trace in traces_one.items():
         assert trace["output_ids"] == traces_two[key]["output_ids"], key
         assert trace["steps"] == traces_two[key]["steps"], key
     for name in ("records.jsonl", "controls.jsonl"):
@@ -81,24 +70,65 @@ def test_two_workers_give_the_records_of_one_process(tiny_r1_dir: Path, tmp_path
             assert {f: a[key][f] for f in COMPARED} == {f: b[key][f] for f in COMPARED}, key
 
 
-def test_kill_9_while_workers_load_leaves_no_ray_process(tiny_r1_dir, tmp_path) -> None:
-    """Killed while its workers load their models (the longest phase before any trace): Ray's
-    agents would outlive the driver on their own; the run's reaper takes them, and everything
-    else Ray started. The re-run then finishes every unit once."""
+def ray_processes() -> set[int]:
+    names = ("raylet", "gcs_server", "ray::", "default_worker.py")
+    return {
+        int(pid)
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and any(n in cmdline(int(pid)) for n in names)
+    }
+
+
+def actors() -> list[int]:
+    """Every RunnerActor process on this machine (of any node)."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and "RunnerActor" in cmdline(int(p))]
+
+
+def run_until_actors(
+    run_command: list[str], env: dict, log: Path, **popen: object
+) -> subprocess.Popen:
+    """Start ``run_command`` (its output to ``log``) and return once its two Ray actors exist
+    (they then load the model: the longest phase before any trace)."""
+    with log.open("wb") as handle:
+        run = subprocess.Popen(
+            run_command, stdout=handle, stderr=subprocess.STDOUT, env=env, **popen
+        )
+    try:
+        assert wait_for(lambda: len(actors()) == 2 or run.poll() is not None, 600, interval=0.1)
+        assert run.poll() is None, log.read_text()[-3000:]
+    except BaseException:
+        stop(run)
+        raise
+    return run
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_r1_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """(dataset, folder of the same run in one process), the reference of every Ray run."""
+    work = tmp_path_factory.mktemp("ray-reference")
+    data, out = dataset(work / "q.jsonl"), work / "one"
+    done = subprocess.run(
+        command(tiny_r1_dir, data, out), capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return data, out
+
+
+def test_killed_while_workers_load_then_resumed_gives_the_records_of_one_process(
+    tiny_r1_dir, tmp_path, one_process
+) -> None:
+    """Killed while its workers load their models: Ray's agents would outlive the driver on
+    their own; the run's reaper takes them, and everything else Ray started. The re-run
+    finishes every unit once, with the records of one process, and stops its Ray instance."""
     require_ray()
-    dataset, out = _dataset(tmp_path / "q.jsonl"), tmp_path / "run"
-    command = [
-        sys.executable, "-m", "stepprune", "run", "--model", str(tiny_r1_dir), "--dataset",
-        str(dataset), "--max-new-tokens", "24", "--answer-max-tokens", "6", "--thresholds",
-        "0,0.5", "--device", "cpu", "--workers", "2", "--out", str(out),
-    ]  # fmt: skip
+    data, one = one_process
+    out = tmp_path / "two"
+    run_command = command(tiny_r1_dir, data, out, "--workers", "2")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    with (tmp_path / "log").open("wb") as log:
-        run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    before = ray_processes()
+    run = run_until_actors(run_command, env, tmp_path / "log")
     below = []
     try:
-        actors = lambda: [p for p in descendants(run.pid) if "RunnerActor" in cmdline(p[0])]  # noqa: E731
-        assert wait_for(lambda: len(actors()) == 2, timeout=600, interval=0.1)
         below = descendants(run.pid)
         assert any("raylet" in cmdline(p[0]) for p in below)
         run.kill()
@@ -108,7 +138,62 @@ def test_kill_9_while_workers_load_leaves_no_ray_process(tiny_r1_dir, tmp_path) 
     finally:
         stop(run)
         kill_all(below)
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    result = subprocess.run(run_command, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(_rows(out, "traces.jsonl")) == len(PROBLEMS)
-    assert len(_rows(out, "records.jsonl")) == len(PROBLEMS) * 2
+    # The run stopped the Ray instance it started: its processes are gone within seconds (on a
+    # loaded machine they may still be exiting when the run returns).
+    assert wait_for(lambda: ray_processes() <= before, timeout=60), ray_processes() - before
+    assert_same_records(one, out)
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """Two nodes (``ray.cluster_utils.Cluster`` on this machine, one CPU each, so the two
+    workers run one on each node) with token authentication, as the README asks; the token is
+    in this process's environment, which the test's runs inherit."""
+    require_ray()
+    from ray.cluster_utils import Cluster
+
+    from stepprune.workers import _reload_ray_config
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    _reload_ray_config()
+    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        made.add_node(num_cpus=1)
+        made.wait_for_nodes(timeout=120)
+        yield made
+    finally:
+        made.shutdown()
+        monkeypatch.undo()
+        _reload_ray_config()
+
+
+def test_two_nodes_killed_then_resumed_give_the_records_of_one_process(
+    tiny_r1_dir, tmp_path, one_process, cluster
+) -> None:
+    """`--ray-address` with `--workers 2`, killed with SIGKILL once its two workers run (one
+    per node): Ray ends the actors of a driver that died, the cluster stays whole and usable,
+    and the resumed run gives the records of one process."""
+    data, one = one_process
+    out = tmp_path / "two"
+    run_command = command(
+        tiny_r1_dir, data, out, "--ray-address", cluster.address, "--workers", "2"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = run_until_actors(run_command, env, tmp_path / "log")
+    below = []
+    try:
+        below = descendants(run.pid)
+        run.kill()
+        run.wait()
+        assert wait_for(lambda: not actors(), timeout=120), actors()
+    finally:
+        stop(run)
+        kill_all(below)
+    again = subprocess.run(run_command, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert wait_for(lambda: not actors(), timeout=60), actors()
+    assert len(cluster.global_state._live_node_ids()) == 2  # the cluster is still whole
+    assert_same_records(one, out)

@@ -1,10 +1,10 @@
 """A local Ray instance (`--workers N` without `--ray-address`) is the run's own and closed to
 the network: a new instance even beside a stale one, clients without the run's token refused;
-a `--ray-address` where nothing listens, or more workers than a cluster's CPUs, fail at once."""
+a `--ray-address` where nothing listens, or more workers than a cluster's CPUs, fail at once;
+SIGTERM or Ctrl-C ends a workers run quietly and with every process Ray started."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -22,25 +22,10 @@ import pytest
 
 from tests.extras import require_ray
 from tests.processes import alive, cmdline, descendants, kill_all, stop, wait_for
+from tests.test_workers_ray import command, dataset, run_until_actors
 
-# vLLM and Ray start servers and look for their processes: one such test at a time.
-pytestmark = pytest.mark.xdist_group("engines")
-
-PROBLEMS = [f"What is {a} + {2 * a + 1}?" for a in range(1, 4)]
-
-
-def _dataset(path: Path) -> Path:
-    rows = [{"id": f"q{i}", "problem": p, "answer": str(3 * i + 2)} for i, p in enumerate(PROBLEMS)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def _command(model: Path, dataset: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "stepprune", "run", "--model", str(model), "--dataset",
-        str(dataset), "--max-new-tokens", "24", "--answer-max-tokens", "6", "--thresholds",
-        "0,0.5", "--device", "cpu", "--no-control", "--out", str(out), *extra,
-    ]  # fmt: skip
+# Tests that start Ray look for its processes by name: one such test at a time.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 def _listening(pids: set[int]) -> list[tuple[str, int, int]]:
@@ -83,17 +68,30 @@ def _tokenless_client(port: int, home: Path) -> subprocess.CompletedProcess:
     )
 
 
+def _assert_ends_quietly(run: subprocess.Popen, below: list, log: Path) -> None:
+    """``run``, just signalled, ends with an error status, without a traceback or Ray's native
+    stack dump, and leaves none of the processes that were below it."""
+    assert run.wait(timeout=120) != 0
+    text = log.read_text(errors="replace")
+    for sign in ("Traceback", "KeyboardInterrupt", "*** SIG", "Stack trace", "Aborted at"):
+        assert sign not in text, text[-3000:]
+    survivors = lambda: [cmdline(p[0])[:80] for p in below if alive(p)]  # noqa: E731
+    assert wait_for(lambda: not survivors(), timeout=30), survivors()
+
+
 @pytest.mark.slow
-def test_local_ray_is_a_new_instance_closed_to_the_network(tiny_r1_dir, tmp_path) -> None:
+def test_local_ray_is_a_new_instance_closed_to_the_network_and_sigterm_ends_it(
+    tiny_r1_dir, tmp_path
+) -> None:
     """Beside a stale `ray_current_cluster` and a `RAY_ADDRESS` of a cluster that is gone, with
-    the user's `RAY_AUTH_MODE=disabled`: the run starts its own instance, every listening
-    socket of its Ray processes is on loopback or refuses a client without the run's token,
-    and the run finishes."""
+    the user's `RAY_AUTH_MODE=disabled`: the run starts its own instance (its two workers run),
+    and every listening socket of its Ray processes is on loopback or refuses a client without
+    the run's token. SIGTERM to the driver then ends the run quietly, with every Ray process."""
     require_ray()
     # A short temp dir: Ray's socket paths must fit in 107 bytes.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     (ray_tmp / "ray_current_cluster").write_text("127.0.0.1:1\n")  # left by a crashed instance
-    dataset, out = _dataset(tmp_path / "q.jsonl"), tmp_path / "run"
+    out, log = tmp_path / "run", tmp_path / "log"
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -102,14 +100,11 @@ def test_local_ray_is_a_new_instance_closed_to_the_network(tiny_r1_dir, tmp_path
         "RAY_AUTH_MODE": "disabled",
         "HOME": str(tmp_path),
     }
-    command = _command(tiny_r1_dir, dataset, out, "--workers", "2")
-    with (tmp_path / "log").open("wb") as log:
-        run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    run = run_until_actors(
+        command(tiny_r1_dir, dataset(tmp_path / "q.jsonl"), out, "--workers", "2"), env, log
+    )
     below = []
     try:
-        actors = lambda: [p for p in descendants(run.pid) if "RunnerActor" in cmdline(p[0])]  # noqa: E731
-        assert wait_for(lambda: len(actors()) == 2 or run.poll() is not None, timeout=600)
-        assert run.poll() is None, (tmp_path / "log").read_text()[-3000:]
         below = descendants(run.pid)
         pids = {p[0] for p in below} | {run.pid}
         sockets = _listening(pids)
@@ -127,13 +122,13 @@ def test_local_ray_is_a_new_instance_closed_to_the_network(tiny_r1_dir, tmp_path
                         f"http://{_reach(host)}:{port}/get_or_create_runtime_env", b"x", timeout=20
                     )
                 assert refused.value.code in (401, 403)
-        assert run.wait(timeout=900) == 0, (tmp_path / "log").read_text()[-3000:]
+        run.terminate()
+        _assert_ends_quietly(run, below, log)
     finally:
         stop(run)
         kill_all(below)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not (tmp_path / ".ray" / "auth_token").exists()  # the token was never written
-    assert len((out / "records.jsonl").read_text().splitlines()) == len(PROBLEMS) * 2
 
 
 @pytest.mark.e2e
@@ -142,12 +137,12 @@ def test_ray_address_where_nothing_listens_fails_at_once(tiny_r1_dir, tmp_path) 
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    dataset = _dataset(tmp_path / "q.jsonl")
+    data = dataset(tmp_path / "q.jsonl")
     started = time.monotonic()
     for address in (f"127.0.0.1:{port}", "ray://127.0.0.1:10001"):
-        command = _command(tiny_r1_dir, dataset, tmp_path / "run", "--ray-address", address)
+        run_command = command(tiny_r1_dir, data, tmp_path / "run", "--ray-address", address)
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        result = subprocess.run(run_command, capture_output=True, text=True, env=env, timeout=300)
         assert result.returncode == 2, result.stderr[-2000:]
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: --ray-address"), result.stderr
@@ -180,35 +175,20 @@ def test_more_workers_than_the_clusters_cpus_are_refused(monkeypatch) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGTERM to the driver", "Ctrl-C to the process group"])
-def test_a_stopped_workers_run_ends_quietly(tiny_r1_dir, tmp_path, how) -> None:
-    """SIGTERM, or Ctrl-C as a terminal sends it (to the whole group: the reaper too), while the
-    workers run: the run ends without a traceback or Ray's native stack dump, and leaves no
-    Ray process behind."""
+def test_ctrl_c_to_the_process_group_ends_a_workers_run_quietly(tiny_r1_dir, tmp_path) -> None:
+    """Ctrl-C as a terminal sends it (to the whole group: the reaper too) while the workers
+    load: the run ends without a traceback or Ray's native stack dump, and leaves no Ray
+    process behind."""
     require_ray()
-    dataset, out = _dataset(tmp_path / "q.jsonl"), tmp_path / "run"
-    command = _command(tiny_r1_dir, dataset, out, "--workers", "2")
+    out, log = tmp_path / "run", tmp_path / "log"
+    run_command = command(tiny_r1_dir, dataset(tmp_path / "q.jsonl"), out, "--workers", "2")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
-    )
+    run = run_until_actors(run_command, env, log, start_new_session=True)
     below = []
     try:
-        actors = lambda: [p for p in descendants(run.pid) if "RunnerActor" in cmdline(p[0])]  # noqa: E731
-        assert wait_for(lambda: len(actors()) == 2 or run.poll() is not None, timeout=600)
-        assert run.poll() is None
         below = descendants(run.pid)
-        if how.startswith("SIGTERM"):
-            run.terminate()
-        else:
-            os.killpg(run.pid, signal.SIGINT)
-        _, stderr = run.communicate(timeout=120)
-        text = stderr.decode(errors="replace")
-        assert run.returncode != 0
-        for sign in ("Traceback", "KeyboardInterrupt", "*** SIG", "Stack trace", "Aborted at"):
-            assert sign not in text, text[-3000:]
-        survivors = lambda: [cmdline(p[0])[:80] for p in below if alive(p)]  # noqa: E731
-        assert wait_for(lambda: not survivors(), timeout=30), survivors()
+        os.killpg(run.pid, signal.SIGINT)
+        _assert_ends_quietly(run, below, log)
     finally:
         stop(run)
         kill_all(below)
