@@ -13,8 +13,9 @@ import pytest
 
 from tests.extras import require_ray, require_vllm
 
-# vLLM and Ray start servers and look for their processes: one such test at a time.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("engines")]
+# Its Ray workers would be seen by the Ray tests, which look for Ray's processes by name:
+# it runs in their group, one at a time.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 KEYS = {
     "prompts", "max_new_tokens", "tokens_hf", "tokens_vllm", "seconds_hf", "seconds_vllm",
@@ -80,3 +81,21 @@ def test_run_folders_of_a_killed_bench_are_removed_by_the_next(tmp_path, monkeyp
         (folder / "w1").mkdir(parents=True)
     generate._sweep_scratch()
     assert not stale.exists() and live.exists()
+
+
+def test_the_workers_run_stops_its_traces_at_max_new_tokens(monkeypatch, tmp_path) -> None:
+    """The workers part used the run's default (32768 tokens: to the end token) whatever the
+    bench's --max-new-tokens."""
+    require_ray()  # a --workers 2 config needs it
+    import tempfile
+
+    import stepprune.bench.generate as generate
+    import stepprune.experiment as experiment
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    configs = []
+    monkeypatch.setattr(experiment, "run_experiment", lambda config, *_: configs.append(config))
+    result = generate.run_workers("bundled", "cpu", "float32", units=3, max_new_tokens=12)
+    assert [c.placement.workers for c in configs] == [1, 2]
+    assert {(c.sampling.max_new_tokens, c.data.limit) for c in configs} == {(12, 3)}
+    assert result["workers_units"] == 3

@@ -110,7 +110,9 @@ def bench_kv(
 @bench_app.command("generate")
 def bench_generate(
     prompts: Annotated[int, typer.Option(help="Prompts decoded by each engine.")] = 16,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per prompt (at most).")] = 256,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Tokens per prompt, and per trace of the workers run (at most).")
+    ] = 256,
     workers_units: Annotated[
         int, typer.Option(help="Planted units of the --workers 1 vs 2 run (0: skip; needs Ray).")
     ] = 8,

@@ -7,9 +7,10 @@ run: tokens per second of each (generated tokens over wall seconds, start-up exc
 ratio, vLLM's start-up seconds, and the share of prompts whose greedy continuations are
 identical (float differences between the two implementations can move a greedy token).
 
-Workers: the same small ``stepprune run`` (planted problems, text mode) with ``--workers 1``
-and ``--workers 2``, each in a fresh folder: wall seconds of each (model loading and Ray start
-included, as a user pays them) and their ratio.
+Workers: the same small ``stepprune run`` (planted problems, text mode, traces of at most
+``max_new_tokens``, as the engines' continuations) with ``--workers 1`` and ``--workers 2``,
+each in a fresh folder: wall seconds of each (model loading and Ray start included, as a user
+pays them) and their ratio.
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ def _sweep_scratch() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_workers(model: str, device: str, dtype: str, units: int) -> dict[str, Any]:
+def run_workers(
+    model: str, device: str, dtype: str, units: int, max_new_tokens: int
+) -> dict[str, Any]:
     """Wall seconds of the same run with one and two Ray workers (fresh folders)."""
     from stepprune.experiment import run_experiment
 
@@ -133,6 +136,7 @@ def run_workers(model: str, device: str, dtype: str, units: int) -> dict[str, An
                 device=device,
                 dtype=dtype,
                 limit=units,
+                max_new_tokens=max_new_tokens,
                 thresholds=[0.0, 0.3],
                 answer_max_tokens=64,
                 workers=workers,  # 1: the default, in this process; 2: two Ray actors
@@ -167,5 +171,5 @@ def run_generate_bench(
         raise ValueError("--workers-units needs Ray: pip install 'stepprune[ray]' (or 0 to skip)")
     result = run_engines(model, device, dtype, prompts, max_new_tokens)
     if workers_units:
-        result |= run_workers(model, device, dtype, workers_units)
+        result |= run_workers(model, device, dtype, workers_units, max_new_tokens)
     return GenerateBench(**result)
