@@ -13,11 +13,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # One thread per test process: under pytest-xdist two processes share the two cores, and a
 # second torch thread each parks more than it computes (see the README on timings).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# De-quantised GGUF copies (stepprune.gguf_cache) go to a folder of this test process, removed
-# at its end, not to the user's ~/.cache: the first load of the bundled model makes one.
-_CACHE = tempfile.mkdtemp(prefix="stepprune-test-cache-")
-os.environ.setdefault("STEPPRUNE_CACHE", _CACHE)
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# De-quantised GGUF copies (stepprune.gguf_cache) go to a folder of this test session, removed
+# at its end, not to the user's ~/.cache: the first load of the bundled model makes one (40 s).
+# The pytest process makes the folder; its xdist processes inherit the variable and share the
+# folder (copies appear whole or not at all), so the session de-quantises once, not once per
+# process.
+if "STEPPRUNE_CACHE" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="stepprune-test-cache-")
+    os.environ["STEPPRUNE_CACHE"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 from pathlib import Path
 

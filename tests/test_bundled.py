@@ -1,4 +1,5 @@
-"""Integration on the real bundled SmolLM2-135M (loads in about 20 s on CPU)."""
+"""Integration on the real bundled SmolLM2-135M (de-quantising its GGUF takes about 40 s on one
+CPU thread; reading the saved copy, under a second)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,31 @@ from typer.testing import CliRunner
 
 from stepprune.capture import last_token_attention
 from stepprune.cli import app
-from stepprune.gguf_cache import saved_copy
-from stepprune.models import ChatFormat, bundled_gguf_path, load_model
+from stepprune.gguf_cache import save_copy, saved_copy
+from stepprune.models import ChatFormat, bundled_gguf_path, load_model, uses_dequantised_copy
 from tests.conftest import eager_attentions
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundled():
-    return load_model("bundled", device="cpu")
+def gguf_cache(tmp_path_factory) -> Path:
+    """A de-quantised copies cache of this module's own, empty before ``bundled`` loads."""
+    return tmp_path_factory.mktemp("gguf-cache")
+
+
+@pytest.fixture(scope="module")
+def bundled(gguf_cache: Path):
+    """The bundled model de-quantised from its GGUF (float32), which saves its copy in
+    ``gguf_cache`` (the session's cache may already hold one: it would be read instead). The
+    copy goes to the session's cache too, where the next loads of the session read it."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STEPPRUNE_CACHE", str(gguf_cache))
+        assert saved_copy(bundled_gguf_path()) is None
+        model, tokenizer = load_model("bundled", device="cpu")
+    assert getattr(model, "hf_quantizer", None) is not None  # read from the GGUF
+    save_copy(model, tokenizer, bundled_gguf_path())
+    return model, tokenizer
 
 
 def test_scores_on_the_real_model_match_eager(bundled) -> None:
@@ -36,25 +52,30 @@ def test_scores_on_the_real_model_match_eager(bundled) -> None:
 
 
 def test_a_second_float32_load_reads_the_dequantised_copy_with_the_same_logits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bundled, gguf_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("STEPPRUNE_CACHE", str(tmp_path / "cache"))
-    assert saved_copy(bundled_gguf_path()) is None
-    first, first_tokenizer = load_model("bundled", device="cpu")  # de-quantises, saves the copy
+    first, first_tokenizer = bundled  # de-quantised, and its copy saved
+    monkeypatch.setenv("STEPPRUNE_CACHE", str(gguf_cache))
     copy = saved_copy(bundled_gguf_path())
-    assert copy is not None and copy.is_relative_to(tmp_path / "cache")
+    assert copy is not None and copy.is_relative_to(gguf_cache)
     second, second_tokenizer = load_model("bundled", device="cpu")
-    # Read from the copy: no GGUF quantiser.
-    assert getattr(first, "hf_quantizer", None) and not getattr(second, "hf_quantizer", None)
+    assert getattr(second, "hf_quantizer", None) is None  # read from the copy
     text = "Tom has 3 boxes of 12 apples. ünïcode \\boxed{36}"
     ids = first_tokenizer(text, return_tensors="pt").input_ids
     assert ids.tolist() == second_tokenizer(text, return_tensors="pt").input_ids.tolist()
     assert second_tokenizer.chat_template == first_tokenizer.chat_template
     with torch.inference_mode():
         assert torch.equal(first(ids).logits, second(ids).logits)
-    # Other dtypes compute with the GGUF's packed kernels: they keep reading the GGUF.
-    half, _ = load_model("bundled", device="cpu", dtype="bfloat16")
-    assert getattr(half, "hf_quantizer", None) is not None
+
+
+def test_only_float32_loads_of_a_gguf_use_the_copy() -> None:
+    """Other dtypes compute with the GGUF's packed kernels, 4-bit loads quantise again, and a
+    folder has no GGUF to copy: they keep reading what they are given."""
+    assert uses_dequantised_copy("model.gguf", torch.float32)
+    assert not uses_dequantised_copy("model.gguf", torch.bfloat16)
+    assert not uses_dequantised_copy("model.gguf", torch.float16)
+    assert not uses_dequantised_copy("model.gguf", torch.float32, load_in_4bit=True)
+    assert not uses_dequantised_copy(None, torch.float32)
 
 
 def test_run_on_the_embedded_default(tmp_path: Path) -> None:

@@ -169,9 +169,7 @@ def load_model(
     source, gguf_file = resolve_model_source(name)
     torch_dtype = _resolve_dtype(dtype, device)
     kwargs: dict = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
-    # A float32 GGUF load reads its de-quantised copy when one is saved (identical weights and
-    # logits, under a second instead of de-quantising again), and saves one otherwise.
-    cacheable = gguf_file is not None and torch_dtype == torch.float32 and not load_in_4bit
+    cacheable = uses_dequantised_copy(gguf_file, torch_dtype, load_in_4bit)
     gguf = Path(source) / gguf_file if gguf_file else None
     if cacheable and (copy := saved_copy(gguf)) is not None:
         source, gguf_file = str(copy), None
@@ -204,6 +202,16 @@ def load_model(
         except OSError as error:  # no room or a read-only cache: the next load de-quantises
             logger.debug("no de-quantised copy of %s saved: %s", gguf, error)
     return model, tokenizer
+
+
+def uses_dequantised_copy(
+    gguf_file: str | None, torch_dtype: torch.dtype, load_in_4bit: bool = False
+) -> bool:
+    """Whether a load reads a GGUF's de-quantised copy when one is saved (identical weights and
+    logits, under a second instead of de-quantising again), and saves one otherwise: float32
+    loads of a GGUF only. Other dtypes compute with the GGUF's packed kernels, and 4-bit loads
+    quantise again, so they keep reading the GGUF."""
+    return gguf_file is not None and torch_dtype == torch.float32 and not load_in_4bit
 
 
 @contextmanager
