@@ -5,24 +5,34 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import DATA
-from tests.processes import alive, descendants, kill_all, stop, wait_for
+from tests.processes import (
+    ForkServer,
+    alive,
+    descendants,
+    end_group,
+    invoke,
+    kill_all,
+    pid_alive,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
-def _command(model: Path, out: Path, dataset: str) -> list[str]:
+
+def _args(model: Path, out: Path, dataset: str) -> list[str]:
+    """``stepprune`` ARGS of the run (three sampled problems, two samples, three thresholds)."""
     return [
-        sys.executable, "-m", "stepprune", "run", "--model", str(model), "--dataset", dataset,
-        "--limit", "3", "--samples", "2", "--thresholds", "0,0.2,0.5", "--max-new-tokens", "24",
-        "--answer-max-tokens", "3", "--device", "cpu", "--out", str(out),
+        "run", "--model", str(model), "--dataset", dataset, "--limit", "3", "--samples", "2",
+        "--thresholds", "0,0.2,0.5", "--max-new-tokens", "24", "--answer-max-tokens", "3",
+        "--device", "cpu", "--out", str(out),
     ]  # fmt: skip
 
 
@@ -40,43 +50,39 @@ def _records(out: Path) -> list[str]:
     return sorted(json.dumps(json.loads(line), sort_keys=True) for line in lines)
 
 
-def _run_killed(command: list[str], out: Path, watch: str, after_lines: int) -> None:
-    """Start the run and SIGKILL it once ``watch`` holds ``after_lines`` lines (or a partial
-    one); then nothing it started (the grading worker) may survive it."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    # Output to a file: a surviving worker would hold a pipe open.
-    with (out.parent / "killed.log").open("ab") as log:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+def _run_killed(server: ForkServer, args: list[str], work: Path, watch: Path, after: int) -> None:
+    """Start the run and SIGKILL it once ``watch`` holds ``after`` lines (or a partial one);
+    then nothing it started (the grading worker) may survive it."""
+    work.mkdir()
+    pid = server.spawn(args, work, ENV)
     below = []
     try:
         deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline:
-            if _lines(out / watch) >= after_lines:
-                below = descendants(process.pid)
-                process.send_signal(signal.SIGKILL)
+        while pid_alive(pid) and time.monotonic() < deadline:
+            if _lines(watch) >= after:
+                below = descendants(pid)
+                os.kill(pid, signal.SIGKILL)
                 break
             time.sleep(0.005)
-        process.wait()
+        assert wait_for(lambda: not pid_alive(pid), timeout=30)
         survivors = lambda: [p for p in below if alive(p)]  # noqa: E731
         assert wait_for(lambda: not survivors(), timeout=5), f"left running: {survivors()}"
     finally:
-        stop(process)
+        end_group(pid, timeout=0)
         kill_all(below)
+
+
+def _run(server: ForkServer, args: list[str], work: Path) -> None:
+    work.mkdir()
+    done = invoke(server, args, work, ENV, timeout=600)
+    assert done.code == 0 and not done.leftover, done.stderr[-3000:]
 
 
 @pytest.mark.skipif(not (DATA / "aime24.jsonl").exists(), reason="shared data missing")
 def test_resume_after_kills_matches_an_uninterrupted_run(tiny_r1_dir: Path, tmp_path: Path) -> None:
     dataset = str(DATA / "aime24.jsonl")  # the generation path: sampled traces
-    reference = tmp_path / "reference"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run(
-        _command(tiny_r1_dir, reference, dataset), env=env, check=True, capture_output=True
-    )
-    expected = _records(reference)
-    assert len(expected) == 3 * 2 * 3 * 2  # problems x samples x thresholds x (scorer, control)
-
-    out = tmp_path / "killed"
-    command = _command(tiny_r1_dir, out, dataset)
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    args = _args(tiny_r1_dir, out, dataset)
     kill_points = [
         ("config.json", 1),
         ("traces.jsonl", 1),
@@ -86,12 +92,17 @@ def test_resume_after_kills_matches_an_uninterrupted_run(tiny_r1_dir: Path, tmp_
         ("records.jsonl", 12),
     ]
     left = []
-    for watch, after in kill_points:
-        _run_killed(command, out, watch, after)
-        left.append(_lines(out / "records.jsonl") + _lines(out / "controls.jsonl"))
-    # The kills did interrupt work: before any record, and between records.
-    assert left[0] == 0 and any(0 < n < len(expected) for n in left)
-    subprocess.run(command, env=env, check=True, capture_output=True)
+    # Each run is a child of one interpreter that imported stepprune once (3-5 s a run less).
+    with ForkServer(ENV) as server:
+        _run(server, _args(tiny_r1_dir, reference, dataset), tmp_path / "reference-run")
+        expected = _records(reference)
+        assert len(expected) == 3 * 2 * 3 * 2  # problems x samples x thresholds x (scorer, control)
+        for number, (watch, after) in enumerate(kill_points):
+            _run_killed(server, args, tmp_path / f"kill-{number}", out / watch, after)
+            left.append(_lines(out / "records.jsonl") + _lines(out / "controls.jsonl"))
+        # The kills did interrupt work: before any record, and between records.
+        assert left[0] == 0 and any(0 < n < len(expected) for n in left)
+        _run(server, args, tmp_path / "resumed")
     assert _records(out) == expected
     traces = (out / "traces.jsonl").read_text().splitlines()
     assert len(traces) == len(
