@@ -15,8 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from stepprune.cli import app
 from stepprune.schema import Problem
 from stepprune.session import Session
 from tests.conftest import tiny_model
-from tests.processes import stop, wait_for
+from tests.processes import ForkServer, invoke
 
 runner = CliRunner()
 
@@ -121,11 +120,10 @@ def test_the_same_file_by_another_path_is_the_same_dataset(
 # -- two runs on one folder at once ----------------------------------------------------------------
 
 
-def _command(model: Path, out: Path) -> list[str]:
+def _args(model: Path, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "stepprune", "run", "--model", str(model), "--limit", "2",
-        "--samples", "2", "--thresholds", "0,0.5", "--answer-max-tokens", "3",
-        "--device", "cpu", "--out", str(out),
+        "run", "--model", str(model), "--limit", "2", "--samples", "2", "--thresholds", "0,0.5",
+        "--answer-max-tokens", "3", "--device", "cpu", "--out", str(out),
     ]  # fmt: skip
 
 
@@ -139,30 +137,22 @@ def test_of_two_runs_at_once_on_one_folder_one_is_refused_and_one_runs_as_if_alo
     tiny_r1_dir: Path, tmp_path: Path
 ) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    alone = tmp_path / "alone"
-    subprocess.run(_command(tiny_r1_dir, alone), env=env, check=True, capture_output=True)
-
-    shared = tmp_path / "shared"
-    logs = [tmp_path / "first.log", tmp_path / "second.log"]
-    runs = []
-    try:
-        for log in logs:  # both started at once: whichever opens the folder first holds it
-            with log.open("wb") as handle:
-                runs.append(
-                    subprocess.Popen(
-                        _command(tiny_r1_dir, shared),
-                        env=env,
-                        stdout=subprocess.DEVNULL,
-                        stderr=handle,
-                    )  # fmt: skip
-                )
-        wait_for(lambda: all(r.poll() is not None for r in runs), timeout=300, interval=0.1)
-        codes = [r.returncode for r in runs]
-    finally:
-        for run in runs:
-            stop(run)
-    assert sorted(codes) == [0, 2], codes
-    refused = logs[codes.index(2)].read_text().strip().splitlines()
+    alone, shared = tmp_path / "alone", tmp_path / "shared"
+    works = [tmp_path / name for name in ("alone-run", "first", "second")]
+    for work in works:
+        work.mkdir()
+    # Children of one interpreter that imported stepprune once (the fork server).
+    with ForkServer(env) as server, ThreadPoolExecutor(2) as pool:
+        done = invoke(server, _args(tiny_r1_dir, alone), works[0], env, timeout=300)
+        assert done.code == 0, done.stderr[-3000:]
+        # Both started at once: whichever opens the folder first holds it.
+        args = _args(tiny_r1_dir, shared)
+        both = [pool.submit(invoke, server, args, work, env, 300) for work in works[1:]]
+        results = [future.result() for future in both]
+    codes = [r.code for r in results]
+    assert sorted(codes) == [0, 2], [r.stderr[-2000:] for r in results]
+    assert not any(r.leftover for r in results)
+    refused = results[codes.index(2)].stderr.strip().splitlines()
     assert len(refused) == 1, refused
     assert str(shared) in refused[0] and "another stepprune run is writing" in refused[0]
     for names in (("traces.jsonl",), ("records.jsonl", "controls.jsonl")):
