@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,25 @@ def run_until_actors(
     return run
 
 
+def assert_none_left(below: list, timeout: float) -> None:
+    """None of the processes ``below`` is alive within ``timeout`` s."""
+
+    def survivors() -> list[str]:
+        return [cmdline(p[0])[:80] for p in below if alive(p)]
+
+    assert wait_for(lambda: not survivors(), timeout=timeout), survivors()
+
+
+def assert_ends_quietly(run: subprocess.Popen, below: list, log: Path) -> None:
+    """``run``, just signalled, ends with an error status, without a traceback or Ray's native
+    stack dump, and leaves none of the processes that were below it."""
+    assert run.wait(timeout=120) != 0
+    text = log.read_text(errors="replace")
+    for sign in ("Traceback", "KeyboardInterrupt", "*** SIG", "Stack trace", "Aborted at"):
+        assert sign not in text, text[-3000:]
+    assert_none_left(below, timeout=30)
+
+
 @pytest.fixture(scope="module")
 def one_process(tiny_r1_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
     """(dataset, folder of the same run in one process), the reference of every Ray run."""
@@ -114,30 +134,38 @@ def one_process(tiny_r1_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
     return data, out
 
 
-def test_killed_while_workers_load_then_resumed_gives_the_records_of_one_process(
+def test_interrupted_twice_while_workers_load_then_resumed_gives_the_records_of_one_process(
     tiny_r1_dir, tmp_path, one_process
 ) -> None:
-    """Killed while its workers load their models: Ray's agents would outlive the driver on
-    their own; the run's reaper takes them, and everything else Ray started. The re-run
-    finishes every unit once, with the records of one process, and stops its Ray instance."""
+    """Ctrl-C, as a terminal sends it (to the whole group: the reaper too), while the workers
+    load their models (the longest phase before any trace): the run ends without a traceback
+    or Ray's native stack dump, and leaves no Ray process. Then SIGKILL at the same point: Ray's
+    agents would outlive the driver on their own; the run's reaper takes them, and everything
+    else Ray started. The last run finishes every unit once, with the records of one process,
+    and stops its Ray instance."""
     require_ray()
     data, one = one_process
     out = tmp_path / "two"
     run_command = command(tiny_r1_dir, data, out, "--workers", "2")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     before = ray_processes()
-    run = run_until_actors(run_command, env, tmp_path / "log")
-    below = []
-    try:
-        below = descendants(run.pid)
-        assert any("raylet" in cmdline(p[0]) for p in below)
-        run.kill()
-        run.wait()
-        survivors = lambda: [cmdline(p[0])[:80] for p in below if alive(p)]  # noqa: E731
-        assert wait_for(lambda: not survivors(), timeout=15), survivors()
-    finally:
-        stop(run)
-        kill_all(below)
+    for number, signal_to_send in enumerate(("Ctrl-C", "SIGKILL")):
+        log = tmp_path / f"log-{number}"
+        run = run_until_actors(run_command, env, log, start_new_session=True)
+        below = []
+        try:
+            below = descendants(run.pid)
+            assert any("raylet" in cmdline(p[0]) for p in below)
+            if signal_to_send == "Ctrl-C":
+                os.killpg(run.pid, signal.SIGINT)
+                assert_ends_quietly(run, below, log)
+            else:
+                run.kill()
+                run.wait()
+                assert_none_left(below, timeout=15)
+        finally:
+            stop(run)
+            kill_all(below)
     result = subprocess.run(run_command, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     # The run stopped the Ray instance it started: its processes are gone within seconds (on a

@@ -1,14 +1,13 @@
 """A local Ray instance (`--workers N` without `--ray-address`) is the run's own and closed to
 the network: a new instance even beside a stale one, clients without the run's token refused;
 a `--ray-address` where nothing listens, or more workers than a cluster's CPUs, fail at once;
-SIGTERM or Ctrl-C ends a workers run quietly and with every process Ray started."""
+SIGTERM ends a workers run quietly and with every process Ray started (Ctrl-C: test_workers_ray)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.extras import require_ray
-from tests.processes import alive, cmdline, descendants, kill_all, stop, wait_for
-from tests.test_workers_ray import command, dataset, run_until_actors
+from tests.processes import cmdline, descendants, kill_all, stop
+from tests.test_workers_ray import assert_ends_quietly, command, dataset, run_until_actors
 
 # Tests that start Ray look for its processes by name: one such test at a time.
 pytestmark = pytest.mark.xdist_group("ray")
@@ -66,17 +65,6 @@ def _tokenless_client(port: int, home: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )
-
-
-def _assert_ends_quietly(run: subprocess.Popen, below: list, log: Path) -> None:
-    """``run``, just signalled, ends with an error status, without a traceback or Ray's native
-    stack dump, and leaves none of the processes that were below it."""
-    assert run.wait(timeout=120) != 0
-    text = log.read_text(errors="replace")
-    for sign in ("Traceback", "KeyboardInterrupt", "*** SIG", "Stack trace", "Aborted at"):
-        assert sign not in text, text[-3000:]
-    survivors = lambda: [cmdline(p[0])[:80] for p in below if alive(p)]  # noqa: E731
-    assert wait_for(lambda: not survivors(), timeout=30), survivors()
 
 
 @pytest.mark.slow
@@ -123,7 +111,7 @@ def test_local_ray_is_a_new_instance_closed_to_the_network_and_sigterm_ends_it(
                     )
                 assert refused.value.code in (401, 403)
         run.terminate()
-        _assert_ends_quietly(run, below, log)
+        assert_ends_quietly(run, below, log)
     finally:
         stop(run)
         kill_all(below)
@@ -172,23 +160,3 @@ def test_more_workers_than_the_clusters_cpus_are_refused(monkeypatch) -> None:
         ray.shutdown()
         monkeypatch.undo()
         _reload_ray_config()
-
-
-@pytest.mark.slow
-def test_ctrl_c_to_the_process_group_ends_a_workers_run_quietly(tiny_r1_dir, tmp_path) -> None:
-    """Ctrl-C as a terminal sends it (to the whole group: the reaper too) while the workers
-    load: the run ends without a traceback or Ray's native stack dump, and leaves no Ray
-    process behind."""
-    require_ray()
-    out, log = tmp_path / "run", tmp_path / "log"
-    run_command = command(tiny_r1_dir, dataset(tmp_path / "q.jsonl"), out, "--workers", "2")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = run_until_actors(run_command, env, log, start_new_session=True)
-    below = []
-    try:
-        below = descendants(run.pid)
-        os.killpg(run.pid, signal.SIGINT)
-        _assert_ends_quietly(run, below, log)
-    finally:
-        stop(run)
-        kill_all(below)
