@@ -1,53 +1,16 @@
-"""`stepprune bench generate --json`: both engines on the same prompts, and --workers 1 vs 2,
-with every key the README names and numbers that agree with each other."""
+"""`stepprune bench generate`: its checks before any engine runs, its scratch folders, and the
+workers part (--workers 1 vs 2) with a stand-in run. Both engines end to end:
+test_engine_vllm.py, where the bundled model's de-quantised copy is already made."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.extras import require_ray, require_vllm
-
-KEYS = {
-    "prompts", "max_new_tokens", "tokens_hf", "tokens_vllm", "seconds_hf", "seconds_vllm",
-    "tokens_per_s_hf", "tokens_per_s_vllm", "vllm_over_hf", "greedy_agreement",
-    "vllm_startup_s", "workers_units", "workers_1_s", "workers_2_s", "workers_speedup",
-}  # fmt: skip
-
-
-@pytest.mark.slow
-def test_bench_generate_prints_consistent_measurements() -> None:
-    """Both engines end to end (the workers part is two `run_experiment` calls, tested below
-    with a stand-in, and `--workers 2` runs end to end in the Ray tests)."""
-    require_vllm()
-    command = [
-        sys.executable, "-m", "stepprune", "bench", "generate", "--json", "--prompts", "3",
-        "--max-new-tokens", "12", "--workers-units", "0", "--device", "cpu",
-    ]  # fmt: skip
-    # The session's cache folder (conftest): the bundled model's de-quantised copy, made once
-    # per session, is reused rather than made again (40 s).
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    data = json.loads(result.stdout)
-    assert set(data) == KEYS
-    assert data["prompts"] == 3 and data["workers_units"] is None
-    for engine in ("hf", "vllm"):
-        tokens, seconds = data[f"tokens_{engine}"], data[f"seconds_{engine}"]
-        assert 3 <= tokens <= 3 * 12
-        assert data[f"tokens_per_s_{engine}"] == pytest.approx(tokens / seconds, rel=0.02)
-    ratio = data["tokens_per_s_vllm"] / data["tokens_per_s_hf"]
-    assert data["vllm_over_hf"] == pytest.approx(ratio, rel=0.02)
-    assert (
-        data["greedy_agreement"] in (0.0, 1 / 3, 2 / 3, 1.0) or 0 <= data["greedy_agreement"] <= 1
-    )
-    cache = Path(os.environ["STEPPRUNE_CACHE"]) / "gguf-models"
-    assert any(cache.iterdir())  # the bundled GGUF's copy, made by this run or reused
+from tests.extras import require_ray
 
 
 def test_negative_workers_units_are_refused_before_any_engine_runs(monkeypatch) -> None:

@@ -16,7 +16,8 @@ from stepprune.gguf_cache import save_copy, saved_copy
 from stepprune.models import ChatFormat, bundled_gguf_path, load_model, uses_dequantised_copy
 from tests.conftest import eager_attentions
 
-pytestmark = pytest.mark.slow
+# In one test process with the other tests of the bundled model (see test_engine_vllm.py).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bundled")]
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +81,10 @@ def test_only_float32_loads_of_a_gguf_use_the_copy() -> None:
 
 def test_run_on_the_embedded_default(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["run", "--limit", "2", "--out", str(out)])
+    result = CliRunner().invoke(app, ["run", "--limit", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 1 * 6  # problems x samples x thresholds
+    assert len(records) == 1 * 1 * 6  # problems x samples x thresholds
     controls = (out / "controls.jsonl").read_text().splitlines()
     assert len(controls) == len(records)  # the random control, at the same kept fractions
     traces = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]

