@@ -148,3 +148,15 @@ def tiny_r1_dir(tmp_path_factory, r1_tokenizer) -> Path:
 def tiny_r1_tokenizer(tiny_r1_dir: Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved in ``tiny_r1_dir``."""
     return AutoTokenizer.from_pretrained(tiny_r1_dir)
+
+
+@pytest.fixture(scope="session")
+def fork_server():
+    """One pre-loaded interpreter per test process that runs ``python -m stepprune ARGS``
+    commands as its children (``tests.processes.ForkServer``: 5-7 s of imports once, not once
+    per command). Each command gets its own environment; the server's matters only for what is
+    read at import (the offline switches, set above)."""
+    from tests.processes import ForkServer
+
+    with ForkServer({**os.environ, "HF_HUB_OFFLINE": "1"}) as server:
+        yield server

@@ -569,7 +569,7 @@ def real_run(tmp_path_factory, places: dict[str, str]) -> tuple[Path, Finished]:
 
 
 @pytest.fixture(scope="module")
-def results(request, tmp_path_factory, places, real_run) -> dict[str, Result]:
+def results(request, tmp_path_factory, places, real_run, fork_server) -> dict[str, Result]:
     """Run the selected cases through the fork server, a few at a time; id -> Result."""
     selected = {
         item.callspec.params["case"].id
@@ -580,8 +580,8 @@ def results(request, tmp_path_factory, places, real_run) -> dict[str, Result]:
     run, _ = real_run
     original = _hashes(run)
     base = tmp_path_factory.mktemp("blackbox-cases")
-    with ForkServer(_environment({})) as server, ThreadPoolExecutor(WORKERS) as pool:
-        futures = {c.id: pool.submit(_run_case, c, base, places, run, server) for c in cases}
+    with ThreadPoolExecutor(WORKERS) as pool:
+        futures = {c.id: pool.submit(_run_case, c, base, places, run, fork_server) for c in cases}
         done = {case_id: future.result() for case_id, future in futures.items()}
     # Shown with -s, or under "Captured stdout setup" when a case fails.
     for case_id, result in sorted(done.items(), key=lambda item: -item[1].seconds):

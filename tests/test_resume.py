@@ -79,7 +79,9 @@ def _run(server: ForkServer, args: list[str], work: Path) -> None:
 
 
 @pytest.mark.skipif(not (DATA / "aime24.jsonl").exists(), reason="shared data missing")
-def test_resume_after_kills_matches_an_uninterrupted_run(tiny_r1_dir: Path, tmp_path: Path) -> None:
+def test_resume_after_kills_matches_an_uninterrupted_run(
+    tiny_r1_dir: Path, tmp_path: Path, fork_server: ForkServer
+) -> None:
     dataset = str(DATA / "aime24.jsonl")  # the generation path: sampled traces
     reference, out = tmp_path / "reference", tmp_path / "killed"
     args = _args(tiny_r1_dir, out, dataset)
@@ -93,16 +95,15 @@ def test_resume_after_kills_matches_an_uninterrupted_run(tiny_r1_dir: Path, tmp_
     ]
     left = []
     # Each run is a child of one interpreter that imported stepprune once (3-5 s a run less).
-    with ForkServer(ENV) as server:
-        _run(server, _args(tiny_r1_dir, reference, dataset), tmp_path / "reference-run")
-        expected = _records(reference)
-        assert len(expected) == 3 * 2 * 3 * 2  # problems x samples x thresholds x (scorer, control)
-        for number, (watch, after) in enumerate(kill_points):
-            _run_killed(server, args, tmp_path / f"kill-{number}", out / watch, after)
-            left.append(_lines(out / "records.jsonl") + _lines(out / "controls.jsonl"))
-        # The kills did interrupt work: before any record, and between records.
-        assert left[0] == 0 and any(0 < n < len(expected) for n in left)
-        _run(server, args, tmp_path / "resumed")
+    _run(fork_server, _args(tiny_r1_dir, reference, dataset), tmp_path / "reference-run")
+    expected = _records(reference)
+    assert len(expected) == 3 * 2 * 3 * 2  # problems x samples x thresholds x (scorer, control)
+    for number, (watch, after) in enumerate(kill_points):
+        _run_killed(fork_server, args, tmp_path / f"kill-{number}", out / watch, after)
+        left.append(_lines(out / "records.jsonl") + _lines(out / "controls.jsonl"))
+    # The kills did interrupt work: before any record, and between records.
+    assert left[0] == 0 and any(0 < n < len(expected) for n in left)
+    _run(fork_server, args, tmp_path / "resumed")
     assert _records(out) == expected
     traces = (out / "traces.jsonl").read_text().splitlines()
     assert len(traces) == len(

@@ -134,7 +134,7 @@ def _canonical(folder: Path, *names: str) -> list[str]:
 
 @pytest.mark.e2e
 def test_of_two_runs_at_once_on_one_folder_one_is_refused_and_one_runs_as_if_alone(
-    tiny_r1_dir: Path, tmp_path: Path
+    tiny_r1_dir: Path, tmp_path: Path, fork_server: ForkServer
 ) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     alone, shared = tmp_path / "alone", tmp_path / "shared"
@@ -142,12 +142,12 @@ def test_of_two_runs_at_once_on_one_folder_one_is_refused_and_one_runs_as_if_alo
     for work in works:
         work.mkdir()
     # Children of one interpreter that imported stepprune once (the fork server).
-    with ForkServer(env) as server, ThreadPoolExecutor(2) as pool:
-        done = invoke(server, _args(tiny_r1_dir, alone), works[0], env, timeout=300)
+    with ThreadPoolExecutor(2) as pool:
+        done = invoke(fork_server, _args(tiny_r1_dir, alone), works[0], env, timeout=300)
         assert done.code == 0, done.stderr[-3000:]
         # Both started at once: whichever opens the folder first holds it.
         args = _args(tiny_r1_dir, shared)
-        both = [pool.submit(invoke, server, args, work, env, 300) for work in works[1:]]
+        both = [pool.submit(invoke, fork_server, args, work, env, 300) for work in works[1:]]
         results = [future.result() for future in both]
     codes = [r.code for r in results]
     assert sorted(codes) == [0, 2], [r.stderr[-2000:] for r in results]
