@@ -127,15 +127,24 @@ def test_ray_address_where_nothing_listens_fails_at_once(tiny_r1_dir, tmp_path) 
         port = s.getsockname()[1]
     data = dataset(tmp_path / "q.jsonl")
     started = time.monotonic()
-    for address in (f"127.0.0.1:{port}", "ray://127.0.0.1:10001"):
-        run_command = command(tiny_r1_dir, data, tmp_path / "run", "--ray-address", address)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        result = subprocess.run(run_command, capture_output=True, text=True, env=env, timeout=300)
-        assert result.returncode == 2, result.stderr[-2000:]
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: --ray-address"), result.stderr
+    address = f"127.0.0.1:{port}"
+    run_command = command(tiny_r1_dir, data, tmp_path / "run", "--ray-address", address)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(run_command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --ray-address {address}: no Ray"), lines
     assert time.monotonic() - started < 240
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_ray_client_address_is_refused_with_what_to_give_instead() -> None:
+    """The same one-line path as above (a ValueError before any Ray connection)."""
+    require_ray()
+    from stepprune.workers import _reachable
+
+    with pytest.raises(ValueError, match=r"^--ray-address ray://h:1: Ray Client .* HOST:PORT"):
+        _reachable("ray://h:1")
 
 
 @pytest.mark.slow
