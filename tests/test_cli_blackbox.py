@@ -558,12 +558,12 @@ def places(tmp_path_factory, tiny_r1_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory, places: dict[str, str]) -> tuple[Path, Finished]:
+def real_run(tmp_path_factory, places: dict[str, str], fork_server) -> tuple[Path, Finished]:
     """One real run folder (tiny model, 2 planted problems, thresholds 0 and 0.5), made by
-    ``python -m stepprune run`` itself."""
+    ``python -m stepprune run`` (in the fork server)."""
     work = tmp_path_factory.mktemp("blackbox-run")
     args = [a.format(**places, new=str(work / "run")) for a in FRESH]
-    result = invoke_interpreter(args, work, _environment({}), CASE_TIMEOUT_S)
+    result = invoke(fork_server, args, work, _environment({}), CASE_TIMEOUT_S)
     assert result.code == 0 and not result.leftover, result.stderr
     return work / "run", result
 

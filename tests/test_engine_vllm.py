@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
 
+from stepprune.cli import app
 from stepprune.decoding import BOX, EOS, SamplingConfig
 from stepprune.engines import HFEngine, VLLMEngine, VLLMError, VLLMOptions
 from stepprune.engines.vllm import model_folder_for_vllm, vllm_python
@@ -186,18 +188,16 @@ def test_a_vllm_run_killed_mid_run_resumes_without_duplicates(tiny_vllm_dir, tmp
 
 @pytest.mark.slow
 def test_bench_generate_prints_consistent_measurements() -> None:
-    """Both engines end to end (the workers part is two `run_experiment` calls, tested below
-    with a stand-in, and `--workers 2` runs end to end in the Ray tests)."""
+    """Both engines end to end, in this process (the workers part: test_bench_generate.py,
+    with a stand-in run; `--workers 2` runs end to end in the Ray tests). The bundled model's
+    de-quantised copy is read from the session's cache folder (conftest), not made again."""
     require_vllm()
-    command = [
-        sys.executable, "-m", "stepprune", "bench", "generate", "--json", "--prompts", "3",
-        "--max-new-tokens", "12", "--workers-units", "0", "--device", "cpu",
+    args = [
+        "bench", "generate", "--json", "--prompts", "3", "--max-new-tokens", "12",
+        "--workers-units", "0", "--device", "cpu",
     ]  # fmt: skip
-    # The session's cache folder (conftest): the bundled model's de-quantised copy, made once
-    # per session, is reused rather than made again (40 s).
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output[-3000:]
     data = json.loads(result.stdout)
     assert set(data) == BENCH_KEYS
     assert data["prompts"] == 3 and data["workers_units"] is None
