@@ -61,6 +61,17 @@ def test_peak_memory_sees_an_allocation_held_through_the_block() -> None:
     assert memory.peak_mb >= 0.9 * block.numel() * 4 / MIB
 
 
+def test_peak_memory_sees_an_allocation_where_freed_memory_stays_resident() -> None:
+    """Many 256 KiB blocks freed: they stay resident in the C heap, and a 128 MiB block can
+    reuse them without raising the resident set (the meter read 0.004 MiB; whether a test
+    process had done so before depended on which tests it ran)."""
+    blocks = [torch.ones(64 * 1024) for _ in range(3000)]  # 750 MiB in the heap
+    del blocks
+    with PeakMemory() as memory:
+        block = torch.ones(32 * MIB)
+    assert memory.peak_mb >= 0.9 * block.numel() * 4 / MIB
+
+
 def test_peak_memory_sees_an_allocation_freed_inside_the_block() -> None:
     def allocate_and_free() -> None:
         block = torch.ones(32 * MIB)
