@@ -175,6 +175,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 def case(request):
     os.setsid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # As a shell starts a command: Python's own Ctrl-C handler, whatever the test process that
+    # started this server had (a signal it ignored would stay ignored in every command).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
