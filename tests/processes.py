@@ -123,12 +123,12 @@ def stop(process: subprocess.Popen) -> None:
     kill_all(below)
 
 
-def start(command: list[str], log: Path, **kwargs) -> subprocess.Popen:
-    """Start ``command`` offline, its stdout and stderr to the file ``log``: never a pipe, which
-    a surviving worker would hold open forever."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    with log.open("wb") as handle:
-        return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, **kwargs)
+def sigint_as_from_a_shell() -> None:
+    """``preexec_fn`` of a command a test may stop with Ctrl-C: SIGINT at its default, as an
+    interactive shell starts a command. A test session started in the background of a script
+    (``cmd &`` without job control) inherits SIGINT ignored, and so would every command it
+    starts: a Ctrl-C would then do nothing at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # -- running many short `stepprune` commands ----------------------------------------------------

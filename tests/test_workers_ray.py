@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 
 from tests.extras import require_ray
-from tests.processes import alive, cmdline, descendants, kill_all, stop, wait_for
+from tests.processes import (
+    alive,
+    cmdline,
+    descendants,
+    kill_all,
+    sigint_as_from_a_shell,
+    stop,
+    wait_for,
+)
 
 # Tests that start Ray look for its processes by name: one such test at a time.
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("ray")]
@@ -92,8 +100,9 @@ def run_until_actors(
     (they then load the model: the longest phase before any trace)."""
     with log.open("wb") as handle:
         run = subprocess.Popen(
-            run_command, stdout=handle, stderr=subprocess.STDOUT, env=env, **popen
-        )
+            run_command, stdout=handle, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=sigint_as_from_a_shell, **popen,
+        )  # fmt: skip
     try:
         assert wait_for(lambda: len(actors()) == 2 or run.poll() is not None, 600, interval=0.1)
         assert run.poll() is None, log.read_text()[-3000:]
