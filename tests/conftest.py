@@ -158,5 +158,5 @@ def fork_server():
     read at import (the offline switches, set above)."""
     from tests.processes import ForkServer
 
-    with ForkServer({**os.environ, "HF_HUB_OFFLINE": "1"}) as server:
+    with ForkServer(dict(os.environ)) as server:
         yield server
