@@ -119,3 +119,44 @@ def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path: Path, content: str 
         load_model(str(target), device="cpu")
     message = str(caught.value)
     assert message.startswith(f"model {str(target)!r} cannot be loaded: ") and "\n" not in message
+
+
+def _tiny_gguf(path: Path) -> Path:
+    """A GGUF file with a few metadata fields and one tensor (gguf's own writer)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_token_list([f"token{i}" for i in range(50)])
+    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_conversion_reads_each_file_once_and_restores_gguf(tmp_path: Path) -> None:
+    """Inside one load, transformers' three openings of a GGUF share one reader, with the
+    fields and tensors a fresh reader finds, and the tensor-name table is built once; after the
+    load, gguf is as it was."""
+    import gguf
+
+    from stepprune.models import _gguf_conversion
+
+    path = str(_tiny_gguf(tmp_path / "tiny.gguf"))
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    plain = gguf.GGUFReader(path)
+    with _gguf_conversion():
+        shared = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(path) is shared
+        assert list(shared.fields) == list(plain.fields)
+        assert shared.fields["tokenizer.ggml.tokens"].contents() == [f"token{i}" for i in range(50)]
+        assert [t.name for t in shared.tensors] == ["token_embd.weight"]
+        assert shared.tensors[0].data.tolist() == plain.tensors[0].data.tolist()
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+        assert gguf.get_tensor_name_map(arch, 2).mapping == name_map(arch, 2).mapping
+    assert gguf.GGUFReader is reader_class and gguf.get_tensor_name_map is name_map
+    assert gguf.GGUFReader(path) is not shared
