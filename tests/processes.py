@@ -102,8 +102,17 @@ def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.
 
 
 def grading_worker(root: int) -> Proc | None:
-    """The grading worker below ``root`` (a spawned multiprocessing process), if started."""
-    return next((p for p in descendants(root) if "spawn_main" in cmdline(p[0])), None)
+    """The grading worker below ``root``, if started: a child of multiprocessing's fork server
+    (which has the same command line), or a spawned process where there is no fork server."""
+    server = "multiprocessing.forkserver"
+    for proc in descendants(root):
+        line = cmdline(proc[0])
+        if "spawn_main" in line:
+            return proc
+        stat = _stat(proc[0])
+        if server in line and stat is not None and server in cmdline(stat[0]):
+            return proc
+    return None
 
 
 def kill_all(procs: list[Proc]) -> None:

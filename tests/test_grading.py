@@ -7,6 +7,7 @@ answer, counted.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from stepprune.grading import Grade, Grader, _grade_in_worker, extract_prediction
+from tests.processes import cmdline, grading_worker
 
 POLAR_GOLD = r"\left( 3, \frac{\pi}{2} \right)"  # MATH-500 test/precalculus/807
 
@@ -42,7 +44,7 @@ def _failing_on_request(gold: str, answer_text: str, mv_timeout_s: int) -> Grade
 
 @pytest.fixture(scope="module")
 def grader() -> Iterator[Grader]:
-    # One worker for the module: starting one costs about a second.
+    # One worker for the module (the first worker of a process costs about a second).
     with Grader(timeout_s=20.0) as g:
         yield g
 
@@ -187,3 +189,20 @@ def test_math_verify_timeout_is_silent_incorrect_and_counted(capfd, caplog) -> N
 def test_ordinary_grades_have_no_issue(answer: str, grader: Grader) -> None:
     grade = grader.grade("34", answer)
     assert grade.issue is None and grader.timeouts == 0
+
+
+@pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here"
+)
+def test_workers_are_forked_from_a_fork_server_that_imported_math_verify() -> None:
+    """A worker is forked from multiprocessing's fork server, which preloaded math-verify and
+    graded once (so a process that starts several workers pays the imports once), and never
+    from this process itself (no plain fork of a process that may hold CUDA state)."""
+    with Grader(timeout_s=20.0) as grader:
+        assert grader.grade("2", r"\boxed{2}").correct
+        worker = grading_worker(os.getpid())
+        assert worker is not None
+        server = int(Path(f"/proc/{worker[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert server != os.getpid()
+        assert "multiprocessing.forkserver" in cmdline(server)
+        assert "stepprune.grading_preload" in cmdline(server)

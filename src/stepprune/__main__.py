@@ -2,4 +2,6 @@
 
 from stepprune.cli import app
 
-app(prog_name="stepprune")
+# Guarded: multiprocessing may import this file again, by path, in a worker process.
+if __name__ == "__main__":
+    app(prog_name="stepprune")

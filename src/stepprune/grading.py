@@ -10,9 +10,10 @@ math-verify bounds its own work with ``signal.alarm``, which only works in the m
 process, and sympy can still hang or blow up on adversarial input. :class:`Grader` therefore runs
 each grading in a single worker process and kills it when the result is late.
 
-The worker never outlives its parent (``kill -9`` of a run included: the kernel kills it through
-``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread exits it everywhere), ignores Ctrl-C (the
-parent handles it and kills the worker, so no worker traceback is printed), and prints nothing:
+The worker never outlives the run (``kill -9`` included: a watchdog thread exits it when the
+run's end of a pipe closes, and on Linux the kernel kills it through ``PR_SET_PDEATHSIG``),
+ignores Ctrl-C (the parent handles it and kills the worker, so no worker traceback is printed),
+and prints nothing:
 math-verify's own log lines ("Timeout during comparison") are caught in the worker and a timed-out
 answer comes back as an incorrect ``Grade`` with ``issue="timeout"``, counted by the Grader.
 """
@@ -22,11 +23,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -60,8 +61,8 @@ _PREDICTION_CONFIG = (
     ExprExtractionConfig(try_extract_without_anchor=False),
 )
 
-# Starting a spawned worker imports sympy and math-verify (about a second, more on a loaded
-# machine). That is not the answer's fault, so the start has its own, generous, limit.
+# Starting the first worker of a process imports sympy and math-verify (about a second, more on
+# a loaded machine). That is not the answer's fault, so the start has its own, generous, limit.
 _STARTUP_TIMEOUT_S = 120.0
 
 
@@ -159,12 +160,14 @@ def _grade_in_worker(gold: str, answer_text: str, mv_timeout_s: int) -> Grade:
         return Grade(None, False, issue=f"failed: {type(error).__name__}: {error}")
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Make this process end when ``parent_pid`` does, even by SIGKILL.
+def _exit_with_parent() -> None:
+    """Make this worker end when the process that asked for it (the run) does, even by SIGKILL.
 
-    On Linux the kernel sends SIGKILL the moment the parent dies (``PR_SET_PDEATHSIG``); a
-    daemon thread that watches ``getppid()`` covers other systems and a parent that died
-    before the request was made.
+    That process is multiprocessing's "parent process"; its sentinel (a pipe) reads end of file
+    the moment it dies. A daemon thread waits on it and exits. On Linux the kernel also sends
+    SIGKILL when the worker's own parent dies (``PR_SET_PDEATHSIG``), which ends a worker busy
+    in C code too: that parent is the run (spawn) or multiprocessing's fork server, which
+    exits as soon as the run is gone.
     """
     if sys.platform.startswith("linux"):
         try:
@@ -172,15 +175,35 @@ def _exit_with_parent(parent_pid: int) -> None:
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):  # no prctl: the watchdog alone
             pass
-    if os.getppid() != parent_pid:  # the parent is already gone
-        os._exit(1)
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing worker: nothing to watch
+        return
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
+        multiprocessing.connection.wait([parent.sentinel])
         os._exit(1)
 
     threading.Thread(target=watch, name="stepprune-parent-watch", daemon=True).start()
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """How grading workers start: from multiprocessing's fork server where the platform has
+    one, else spawned.
+
+    Never a plain fork: the run may hold CUDA state and threads, which fork copies unsafely.
+    The fork server is a fresh interpreter started once per process; it imports math-verify
+    and sympy and grades once (``grading_preload``), and each worker is forked from it. A run
+    makes one worker, but a process that makes many (a notebook, the test suite, a worker
+    restarted after a timeout) pays about 0.8 s of CPU per spawned worker and a few
+    milliseconds per forked one.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    # Read when the fork server starts. Not multiprocessing's default "__main__": the fork
+    # server imports it by path, where `python -m` and spawn would not run it again.
+    context.set_forkserver_preload(["stepprune.grading_preload"])
+    return context
 
 
 @contextmanager
@@ -197,12 +220,12 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
-def _init_worker(parent_pid: int) -> None:
+def _init_worker() -> None:
     """Initializer of the grading worker (runs in it, before any task)."""
     # Ctrl-C reaches the whole process group: the parent handles it (and kills this worker);
     # here it would only print a traceback from the middle of a queue read.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent(parent_pid)
+    _exit_with_parent()
     mv_logger = logging.getLogger("math_verify")
     mv_logger.addHandler(_MV_LOG)
     mv_logger.propagate = False
@@ -257,16 +280,13 @@ class Grader:
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            # spawn, not fork: the parent may hold CUDA state and threads, which fork copies
-            # unsafely, and spawn behaves the same on every platform. The processes start with
-            # Ctrl-C ignored (inherited through exec), so that a Ctrl-C while they import does
-            # not print their traceback either.
+            # The processes (the fork server included) start with Ctrl-C ignored, inherited
+            # through exec and fork, so that a Ctrl-C while they import prints no traceback.
             with _sigint_ignored():
                 pool = ProcessPoolExecutor(
                     max_workers=1,
-                    mp_context=multiprocessing.get_context("spawn"),
+                    mp_context=_worker_context(),
                     initializer=_init_worker,
-                    initargs=(os.getpid(),),
                 )
                 started = pool.submit(_ping)
             try:
