@@ -483,7 +483,9 @@ def _write_files(files: Path) -> None:
     (files / "labels.jsonl").write_bytes(
         _jsonl({**_problem("a"), "reasoning": "One.\n\nTwo.", "step_labels": ["necessary"]})
     )
-    huge = {"id": "huge", "problem": "1 + " * (5 * 2**20 // 4) + "1 = ?", "answer": "1"}
+    # Each "1 + " is at least two tokens: at least twice the tiny model's 4096 positions. (It
+    # was 5 MiB of text, whose tokenizing took 28 s for the same error.)
+    huge = {"id": "huge", "problem": "1 + " * 4096 + "1 = ?", "answer": "1"}
     (files / "huge.jsonl").write_bytes(_jsonl(huge))
 
 
