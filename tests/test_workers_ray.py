@@ -1,11 +1,12 @@
 """`--workers 2` spreads the transformers stages over two Ray actors, on a local Ray instance
 the run starts and stops, or on a cluster (`--ray-address`): the records are those of a run in
-one process, the driver alone writes the folder, a run killed with SIGKILL resumes, and no Ray
-process of the run outlives it.
+one process, the driver alone writes the folder, a run killed with SIGKILL resumes, no Ray
+process of the run outlives it, and more workers than a cluster's CPUs are refused.
 
 Each Ray start costs about 15 s of the machine's two cores, so each test goes through several
 phases of one folder (killed, then resumed to the end) rather than starting Ray once per
-property; the run in one process they are compared with is made once for the module."""
+property; the run in one process they are compared with, and the two-node cluster, are made
+once for the module."""
 
 from __future__ import annotations
 
@@ -183,28 +184,46 @@ def test_interrupted_twice_while_workers_load_then_resumed_gives_the_records_of_
     assert_same_records(one, out)
 
 
-@pytest.fixture
-def cluster(monkeypatch):
+@pytest.fixture(scope="module")
+def cluster():
     """Two nodes (``ray.cluster_utils.Cluster`` on this machine, one CPU each, so the two
     workers run one on each node) with token authentication, as the README asks; the token is
-    in this process's environment, which the test's runs inherit."""
+    in this process's environment, which the test's runs inherit. Made once for the module."""
     require_ray()
     from ray.cluster_utils import Cluster
 
     from stepprune.workers import _reload_ray_config
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    _reload_ray_config()
-    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        made.add_node(num_cpus=1)
-        made.wait_for_nodes(timeout=120)
-        yield made
-    finally:
-        made.shutdown()
-        monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "token")
+        patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
         _reload_ray_config()
+        made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        try:
+            made.add_node(num_cpus=1)
+            made.wait_for_nodes(timeout=120)
+            yield made
+        finally:
+            made.shutdown()
+    _reload_ray_config()
+
+
+def test_more_workers_than_the_clusters_cpus_are_refused(cluster) -> None:
+    """On a CPU-only cluster each worker takes one CPU: a third worker on two CPUs would wait
+    for ever, so the pool refuses it before starting any actor."""
+    import ray
+
+    from stepprune.config import RunConfig
+    from stepprune.workers import RayPool
+
+    config = RunConfig.from_flat(device="cpu", workers=3)
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        with pytest.raises(ValueError, match=r"--workers 3: each worker takes one CPU.* has 2"):
+            RayPool(config, config.plan(), 3)
+    finally:
+        ray.shutdown()
+    assert not actors()
 
 
 def test_two_nodes_killed_then_resumed_give_the_records_of_one_process(
