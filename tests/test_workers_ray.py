@@ -6,15 +6,17 @@ process of the run outlives it, and more workers than a cluster's CPUs are refus
 Each Ray start costs about 15 s of the machine's two cores, so each test goes through several
 phases of one folder (killed, then resumed to the end) rather than starting Ray once per
 property; the run in one process they are compared with, and the two-node cluster, are made
-once for the module."""
+once for the module. The runs are children of the fork server (``tests.processes``: `python -m
+stepprune` without its 5-7 s of imports, each in a session of its own, as a shell starts a
+command); test_workers_ray_safety keeps one run in a fresh interpreter."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,12 +24,13 @@ import pytest
 
 from tests.extras import require_ray
 from tests.processes import (
+    ForkServer,
     alive,
     cmdline,
     descendants,
+    invoke,
     kill_all,
-    sigint_as_from_a_shell,
-    stop,
+    pid_alive,
     wait_for,
 )
 
@@ -44,14 +47,25 @@ def dataset(path: Path) -> Path:
     return path
 
 
-def command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    """A small run: two sampled traces per problem (sampling is seeded per sequence, so the
-    traces must not depend on which worker ran them), thresholds 0 and 0.5, and controls."""
+def run_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """`stepprune run`'s arguments for a small run: two sampled traces per problem (sampling is
+    seeded per sequence, so the traces must not depend on which worker ran them), thresholds 0
+    and 0.5, and controls."""
     return [
-        sys.executable, "-m", "stepprune", "run", "--model", str(model), "--dataset", str(data),
-        "--samples", "2", "--max-new-tokens", "24", "--answer-max-tokens", "6", "--thresholds",
-        "0,0.5", "--device", "cpu", "--out", str(out), *extra,
+        "run", "--model", str(model), "--dataset", str(data), "--samples", "2",
+        "--max-new-tokens", "24", "--answer-max-tokens", "6", "--thresholds", "0,0.5",
+        "--device", "cpu", "--out", str(out), *extra,
     ]  # fmt: skip
+
+
+def command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """The same run in a fresh interpreter: ``python -m stepprune run ...``."""
+    return [sys.executable, "-m", "stepprune", *run_args(model, data, out, *extra)]
+
+
+def output(work: Path) -> str:
+    """What a command of the fork server printed (its stdout, then its stderr)."""
+    return "".join((work / name).read_text(errors="replace") for name in ("stdout", "stderr"))
 
 
 def _rows(out: Path, name: str) -> dict[tuple, dict]:
@@ -94,23 +108,39 @@ def actors() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and "RunnerActor" in cmdline(int(p))]
 
 
-def run_until_actors(
-    run_command: list[str], env: dict, log: Path, **popen: object
-) -> subprocess.Popen:
-    """Start ``run_command`` (its output to ``log``) and return once its two Ray actors exist
+def start_until_actors(server: ForkServer, args: list[str], work: Path, env: dict) -> int:
+    """Start ``stepprune ARGS`` through the fork server (in a session of its own, as a shell
+    starts a command; its output in ``work``) and return its pid once its two Ray actors exist
     (they then load the model: the longest phase before any trace)."""
-    with log.open("wb") as handle:
-        run = subprocess.Popen(
-            run_command, stdout=handle, stderr=subprocess.STDOUT, env=env,
-            preexec_fn=sigint_as_from_a_shell, **popen,
-        )  # fmt: skip
+    work.mkdir()
+    pid = server.spawn(args, work, env)
     try:
-        assert wait_for(lambda: len(actors()) == 2 or run.poll() is not None, 600, interval=0.1)
-        assert run.poll() is None, log.read_text()[-3000:]
+        assert wait_for(lambda: len(actors()) == 2 or not pid_alive(pid), 600, interval=0.1)
+        assert pid_alive(pid), output(work)[-3000:]
     except BaseException:
-        stop(run)
+        stop_run(pid)
         raise
-    return run
+    return pid
+
+
+def run_to_the_end(server: ForkServer, args: list[str], work: Path, env: dict) -> None:
+    """Run ``stepprune ARGS`` through the fork server; it must finish with exit status 0. What
+    it started is left to end by itself (the caller checks that it does)."""
+    work.mkdir()
+    pid = server.spawn(args, work, env)
+    try:
+        assert wait_for(lambda: not pid_alive(pid), timeout=900)
+    finally:
+        stop_run(pid)
+    assert int((work / "status").read_text()) == 0, output(work)[-3000:]
+
+
+def stop_run(pid: int) -> None:
+    """Kill the run ``pid`` and everything below it, if still alive (a test's clean-up)."""
+    below = descendants(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    kill_all(below)
 
 
 def assert_none_left(below: list, timeout: float) -> None:
@@ -122,30 +152,30 @@ def assert_none_left(below: list, timeout: float) -> None:
     assert wait_for(lambda: not survivors(), timeout=timeout), survivors()
 
 
-def assert_ends_quietly(run: subprocess.Popen, below: list, log: Path) -> None:
-    """``run``, just signalled, ends with an error status, without a traceback or Ray's native
-    stack dump, and leaves none of the processes that were below it."""
-    assert run.wait(timeout=120) != 0
-    text = log.read_text(errors="replace")
+def assert_ends_quietly(pid: int, below: list, work: Path) -> None:
+    """The run ``pid`` of the fork server, just signalled, ends with an error status, without a
+    traceback or Ray's native stack dump, and leaves none of the processes that were below it."""
+    assert wait_for(lambda: not pid_alive(pid), timeout=120)
+    assert int((work / "status").read_text()) != 0
+    text = output(work)
     for sign in ("Traceback", "KeyboardInterrupt", "*** SIG", "Stack trace", "Aborted at"):
         assert sign not in text, text[-3000:]
     assert_none_left(below, timeout=30)
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_r1_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
+def one_process(tiny_r1_dir: Path, tmp_path_factory, fork_server) -> tuple[Path, Path]:
     """(dataset, folder of the same run in one process), the reference of every Ray run."""
     work = tmp_path_factory.mktemp("ray-reference")
     data, out = dataset(work / "q.jsonl"), work / "one"
-    done = subprocess.run(
-        command(tiny_r1_dir, data, out), capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = invoke(fork_server, run_args(tiny_r1_dir, data, out), work, env, timeout=900)
+    assert done.code == 0, done.stderr[-3000:]
     return data, out
 
 
 def test_interrupted_twice_while_workers_load_then_resumed_gives_the_records_of_one_process(
-    tiny_r1_dir, tmp_path, one_process
+    tiny_r1_dir, tmp_path, one_process, fork_server
 ) -> None:
     """Ctrl-C, as a terminal sends it (to the whole group: the reaper too), while the workers
     load their models (the longest phase before any trace): the run ends without a traceback
@@ -156,28 +186,27 @@ def test_interrupted_twice_while_workers_load_then_resumed_gives_the_records_of_
     require_ray()
     data, one = one_process
     out = tmp_path / "two"
-    run_command = command(tiny_r1_dir, data, out, "--workers", "2")
+    args = run_args(tiny_r1_dir, data, out, "--workers", "2")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     before = ray_processes()
-    for number, signal_to_send in enumerate(("Ctrl-C", "SIGKILL")):
-        log = tmp_path / f"log-{number}"
-        run = run_until_actors(run_command, env, log, start_new_session=True)
+    for signal_to_send in ("Ctrl-C", "SIGKILL"):
+        work = tmp_path / signal_to_send
+        run = start_until_actors(fork_server, args, work, env)
         below = []
         try:
-            below = descendants(run.pid)
+            below = descendants(run)
             assert any("raylet" in cmdline(p[0]) for p in below)
             if signal_to_send == "Ctrl-C":
-                os.killpg(run.pid, signal.SIGINT)
-                assert_ends_quietly(run, below, log)
+                os.killpg(run, signal.SIGINT)
+                assert_ends_quietly(run, below, work)
             else:
-                run.kill()
-                run.wait()
+                os.kill(run, signal.SIGKILL)
+                assert wait_for(lambda: not pid_alive(run), timeout=10)  # noqa: B023
                 assert_none_left(below, timeout=15)
         finally:
-            stop(run)
+            stop_run(run)
             kill_all(below)
-    result = subprocess.run(run_command, capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_to_the_end(fork_server, args, tmp_path / "resumed", env)
     # The run stopped the Ray instance it started: its processes are gone within seconds (on a
     # loaded machine they may still be exiting when the run returns).
     assert wait_for(lambda: ray_processes() <= before, timeout=60), ray_processes() - before
@@ -227,29 +256,25 @@ def test_more_workers_than_the_clusters_cpus_are_refused(cluster) -> None:
 
 
 def test_two_nodes_killed_then_resumed_give_the_records_of_one_process(
-    tiny_r1_dir, tmp_path, one_process, cluster
+    tiny_r1_dir, tmp_path, one_process, cluster, fork_server
 ) -> None:
     """`--ray-address` with `--workers 2`, killed with SIGKILL once its two workers run (one
     per node): Ray ends the actors of a driver that died, the cluster stays whole and usable,
     and the resumed run gives the records of one process."""
     data, one = one_process
     out = tmp_path / "two"
-    run_command = command(
-        tiny_r1_dir, data, out, "--ray-address", cluster.address, "--workers", "2"
-    )
+    args = run_args(tiny_r1_dir, data, out, "--ray-address", cluster.address, "--workers", "2")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = run_until_actors(run_command, env, tmp_path / "log")
+    run = start_until_actors(fork_server, args, tmp_path / "killed", env)
     below = []
     try:
-        below = descendants(run.pid)
-        run.kill()
-        run.wait()
+        below = descendants(run)
+        os.kill(run, signal.SIGKILL)
         assert wait_for(lambda: not actors(), timeout=120), actors()
     finally:
-        stop(run)
+        stop_run(run)
         kill_all(below)
-    again = subprocess.run(run_command, env=env, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
+    run_to_the_end(fork_server, args, tmp_path / "resumed", env)
     assert wait_for(lambda: not actors(), timeout=60), actors()
     assert len(cluster.global_state._live_node_ids()) == 2  # the cluster is still whole
     assert_same_records(one, out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,8 +22,15 @@ from pathlib import Path
 import pytest
 
 from tests.extras import require_ray
-from tests.processes import cmdline, descendants, kill_all, stop
-from tests.test_workers_ray import assert_ends_quietly, command, dataset, run_until_actors
+from tests.processes import cmdline, descendants, kill_all
+from tests.test_workers_ray import (
+    assert_ends_quietly,
+    command,
+    dataset,
+    run_args,
+    start_until_actors,
+    stop_run,
+)
 
 # Tests that start Ray look for its processes by name: one such test at a time.
 pytestmark = pytest.mark.xdist_group("ray")
@@ -70,7 +78,7 @@ def _tokenless_client(port: int, home: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_local_ray_is_a_new_instance_closed_to_the_network_and_sigterm_ends_it(
-    tiny_r1_dir, tmp_path
+    tiny_r1_dir, tmp_path, fork_server
 ) -> None:
     """Beside a stale `ray_current_cluster` and a `RAY_ADDRESS` of a cluster that is gone, with
     the user's `RAY_AUTH_MODE=disabled`: the run starts its own instance (its two workers run),
@@ -80,7 +88,7 @@ def test_local_ray_is_a_new_instance_closed_to_the_network_and_sigterm_ends_it(
     # A short temp dir: Ray's socket paths must fit in 107 bytes.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     (ray_tmp / "ray_current_cluster").write_text("127.0.0.1:1\n")  # left by a crashed instance
-    out, log = tmp_path / "run", tmp_path / "log"
+    out, work = tmp_path / "run", tmp_path / "work"
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -89,13 +97,12 @@ def test_local_ray_is_a_new_instance_closed_to_the_network_and_sigterm_ends_it(
         "RAY_AUTH_MODE": "disabled",
         "HOME": str(tmp_path),
     }
-    run = run_until_actors(
-        command(tiny_r1_dir, dataset(tmp_path / "q.jsonl"), out, "--workers", "2"), env, log
-    )
+    args = run_args(tiny_r1_dir, dataset(tmp_path / "q.jsonl"), out, "--workers", "2")
+    run = start_until_actors(fork_server, args, work, env)
     below = []
     try:
-        below = descendants(run.pid)
-        pids = {p[0] for p in below} | {run.pid}
+        below = descendants(run)
+        pids = {p[0] for p in below} | {run}
         sockets = _listening(pids)
         gcs = [port for host, port, pid in sockets if "gcs_server" in cmdline(pid)]
         assert gcs, sockets
@@ -111,10 +118,10 @@ def test_local_ray_is_a_new_instance_closed_to_the_network_and_sigterm_ends_it(
                         f"http://{_reach(host)}:{port}/get_or_create_runtime_env", b"x", timeout=20
                     )
                 assert refused.value.code in (401, 403)
-        run.terminate()
-        assert_ends_quietly(run, below, log)
+        os.kill(run, signal.SIGTERM)
+        assert_ends_quietly(run, below, work)
     finally:
-        stop(run)
+        stop_run(run)
         kill_all(below)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not (tmp_path / ".ray" / "auth_token").exists()  # the token was never written
