@@ -1,5 +1,5 @@
-"""Integration on the real bundled SmolLM2-135M (de-quantising its GGUF takes about 40 s on one
-CPU thread; reading the saved copy, under a second)."""
+"""Integration on the real bundled SmolLM2-135M (de-quantising its GGUF takes about 13 s on one
+quiet CPU thread; reading the saved copy, under a second)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from stepprune.cli import app
 from stepprune.gguf_cache import save_copy, saved_copy
 from stepprune.models import ChatFormat, bundled_gguf_path, load_model, uses_dequantised_copy
 from tests.conftest import eager_attentions
+from tests.test_planted import _check_token_lengths
 
 # In one test process with the other tests of the bundled model (see test_engine_vllm.py).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bundled")]
@@ -50,6 +51,12 @@ def test_scores_on_the_real_model_match_eager(bundled) -> None:
     reference = torch.stack([a[0, :, -1, :].mean(dim=0) for a in attentions])
     assert rows.shape == (30, len(ids))
     assert (rows - reference).abs().max().item() < 1e-5
+
+
+def test_planted_token_lengths_match_with_the_smollm2_tokenizer(bundled) -> None:
+    """The planted generator's length unit tracks the bundled model's own tokenizer (the one
+    read from the GGUF) as it tracks the R1-distill one (test_planted.py)."""
+    _check_token_lengths(bundled[1])
 
 
 def test_a_second_float32_load_reads_the_dequantised_copy_with_the_same_logits(

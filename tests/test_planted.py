@@ -7,10 +7,8 @@ import re
 import statistics
 
 import pytest
-from transformers import AutoTokenizer
 
 from stepprune.bench.auroc import auroc
-from stepprune.models import ModelLoadError, bundled_gguf_path
 from stepprune.planted import (
     LEAD_INS,
     LENGTH_TOLERANCE,
@@ -202,16 +200,6 @@ def _check_token_lengths(tokenizer) -> None:
 
 def test_token_lengths_match_with_the_r1_tokenizer(r1_tokenizer) -> None:
     _check_token_lengths(r1_tokenizer)
-
-
-@pytest.mark.slow
-def test_token_lengths_match_with_the_smollm2_tokenizer() -> None:
-    try:
-        path = bundled_gguf_path()
-    except ModelLoadError as error:
-        pytest.skip(str(error))
-    # Only the tokenizer is read from the GGUF file (a few seconds), not the weights.
-    _check_token_lengths(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
 
 
 def test_within_trace_length_and_position_do_not_predict_the_label(r1_tokenizer) -> None:

@@ -1,11 +1,12 @@
 """De-quantised copies of GGUF models, saved once and reused.
 
-transformers de-quantises a GGUF file at every load: about 20 s for the bundled SmolLM2-135M on
-one quiet core (a minute on a busy one), where loading the same weights from a saved folder
-takes under a second. The copy is the model as transformers loaded it in float32 (weights and
-logits identical to the GGUF's, without the GGUF quantiser) with its tokenizer. It serves two
-readers: ``models.load_model`` (float32 loads; other dtypes keep reading the GGUF, whose packed
-kernels compute differently) and the vLLM engine, whose CPU backend cannot read GGUF.
+transformers de-quantises a GGUF file at every load: about 13 s for the bundled SmolLM2-135M on one
+quiet core (28 s without ``models._gguf_conversion``; much more on a busy core), where loading the
+same weights from a saved folder takes under a second. The copy is the model as transformers loaded
+it in float32 (weights and logits identical to the GGUF's, without the GGUF quantiser) with its
+tokenizer. It serves two readers: ``models.load_model`` (float32 loads; other dtypes keep reading
+the GGUF, whose packed kernels compute differently) and the vLLM engine, whose CPU backend cannot
+read GGUF.
 
 Copies live under ``$STEPPRUNE_CACHE/gguf-models`` (default ``~/.cache/stepprune``), keyed by
 the GGUF's content: another file of the same name is never read through this copy.
