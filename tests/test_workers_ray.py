@@ -8,7 +8,7 @@ phases of one folder (killed, then resumed to the end) rather than starting Ray 
 property; the run in one process they are compared with, and the two-node cluster, are made
 once for the module. The runs are children of the fork server (``tests.processes``: `python -m
 stepprune` without its 5-7 s of imports, each in a session of its own, as a shell starts a
-command); test_workers_ray_safety keeps one run in a fresh interpreter."""
+command)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -56,11 +55,6 @@ def run_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
         "--max-new-tokens", "24", "--answer-max-tokens", "6", "--thresholds", "0,0.5",
         "--device", "cpu", "--out", str(out), *extra,
     ]  # fmt: skip
-
-
-def command(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    """The same run in a fresh interpreter: ``python -m stepprune run ...``."""
-    return [sys.executable, "-m", "stepprune", *run_args(model, data, out, *extra)]
 
 
 def output(work: Path) -> str:

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,10 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.extras import require_ray
-from tests.processes import cmdline, descendants, kill_all
+from tests.processes import cmdline, descendants, invoke, kill_all
 from tests.test_workers_ray import (
     assert_ends_quietly,
-    command,
     dataset,
     run_args,
     start_until_actors,
@@ -128,21 +126,22 @@ def test_local_ray_is_a_new_instance_closed_to_the_network_and_sigterm_ends_it(
 
 
 @pytest.mark.e2e
-def test_ray_address_where_nothing_listens_fails_at_once(tiny_r1_dir, tmp_path) -> None:
+def test_ray_address_where_nothing_listens_fails_at_once(
+    tiny_r1_dir, tmp_path, fork_server
+) -> None:
     require_ray()
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     data = dataset(tmp_path / "q.jsonl")
-    started = time.monotonic()
     address = f"127.0.0.1:{port}"
-    run_command = command(tiny_r1_dir, data, tmp_path / "run", "--ray-address", address)
+    args = run_args(tiny_r1_dir, data, tmp_path / "run", "--ray-address", address)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(run_command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 2, result.stderr[-2000:]
+    result = invoke(fork_server, args, tmp_path, env, timeout=300)
+    assert result.code == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: --ray-address {address}: no Ray"), lines
-    assert time.monotonic() - started < 240
+    assert result.seconds < 240 and not result.leftover
     assert not (tmp_path / "run" / "config.json").exists()
 
 
