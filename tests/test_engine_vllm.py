@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,10 +23,19 @@ from stepprune.engines.vllm import model_folder_for_vllm, vllm_python
 from stepprune.models import ChatFormat, eos_token_ids, load_model, resolve_model_source
 from tests.conftest import tiny_model
 from tests.extras import require_vllm
-from tests.processes import alive, cmdline, descendants, kill_all, stop, wait_for
+from tests.processes import (
+    alive,
+    cmdline,
+    descendants,
+    end_group,
+    invoke,
+    kill_all,
+    pid_alive,
+    wait_for,
+)
 
 # One test process runs the tests of the bundled model, test_bundled.py first (collection
-# order): it de-quantises the GGUF once (40 s) into the session's cache, where this module's
+# order): it de-quantises the GGUF once (13-40 s) into the session's cache, where this module's
 # loads read the copy; and this module's vLLM engine (module fixture, 20 s to start) starts once.
 pytestmark = pytest.mark.xdist_group("bundled")
 
@@ -131,11 +139,11 @@ def _dataset(path: Path) -> Path:
     return path
 
 
-def _command(model: Path, dataset: Path, out: Path) -> list[str]:
+def _run_args(model: Path, dataset: Path, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "stepprune", "run", "--model", str(model), "--dataset",
-        str(dataset), "--engine", "vllm", "--max-new-tokens", "48", "--answer-max-tokens", "8",
-        "--thresholds", "0,0.5", "--device", "cpu", "--out", str(out),
+        "run", "--model", str(model), "--dataset", str(dataset), "--engine", "vllm",
+        "--max-new-tokens", "48", "--answer-max-tokens", "8", "--thresholds", "0,0.5",
+        "--device", "cpu", "--out", str(out),
     ]  # fmt: skip
 
 
@@ -149,33 +157,36 @@ def _keys(out: Path) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_a_vllm_run_killed_mid_run_resumes_without_duplicates(tiny_vllm_dir, tmp_path) -> None:
+def test_a_vllm_run_killed_mid_run_resumes_without_duplicates(
+    tiny_vllm_dir, tmp_path, fork_server
+) -> None:
     """SIGKILL once traces are being written: the vLLM process goes with the run, and the
-    re-run finishes every unit exactly once."""
+    re-run finishes every unit exactly once and leaves no process. Both runs are children of
+    the fork server (``tests.processes``), each in a session of its own."""
     require_vllm()
-    dataset, out, log = _dataset(tmp_path / "q.jsonl"), tmp_path / "run", tmp_path / "log"
-    with log.open("wb") as handle:
-        run = subprocess.Popen(
-            _command(tiny_vllm_dir, dataset, out), stdout=handle, stderr=subprocess.STDOUT
-        )
+    dataset, out, killed = _dataset(tmp_path / "q.jsonl"), tmp_path / "run", tmp_path / "killed"
+    args, env = _run_args(tiny_vllm_dir, dataset, out), dict(os.environ)
+    killed.mkdir()
+    run = fork_server.spawn(args, killed, env)
     below = []
     try:
         traces = out / "traces.jsonl"
-        assert wait_for(lambda: traces.exists() and traces.read_bytes().count(b"\n") >= 1, 300)
-        below = descendants(run.pid)
+        written = lambda: traces.exists() and traces.read_bytes().count(b"\n") >= 1  # noqa: E731
+        assert wait_for(lambda: written() or not pid_alive(run), 300)
+        assert pid_alive(run), (killed / "stderr").read_text()[-2000:]
+        below = descendants(run)
         assert any("vllm_worker.py" in cmdline(p[0]) for p in below)
-        run.kill()
-        run.wait()
+        os.kill(run, signal.SIGKILL)
+        assert wait_for(lambda: not pid_alive(run), timeout=10)
         assert wait_for(lambda: not any(alive(p) for p in below), timeout=10)
     finally:
-        stop(run)
+        end_group(run, timeout=0)
         kill_all(below)
     done_before = traces.read_bytes().count(b"\n")
     assert done_before < len(PROBLEMS) or not (out / "records.jsonl").exists()
-    started = time.monotonic()
-    rerun = subprocess.run(_command(tiny_vllm_dir, dataset, out), capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert time.monotonic() - started < 600
+    (tmp_path / "resumed").mkdir()
+    rerun = invoke(fork_server, args, tmp_path / "resumed", env, timeout=600)
+    assert rerun.code == 0 and not rerun.leftover, rerun.stderr[-2000:]
     trace_ids = [json.loads(x)["problem_id"] for x in traces.read_text().splitlines()]
     assert sorted(trace_ids) == sorted(f"q{i}" for i in range(len(PROBLEMS)))  # none twice
     keys = _keys(out)
