@@ -24,20 +24,15 @@ if "STEPPRUNE_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
-from transformers import (
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+
+# torch and transformers are imported where they are used: the pytest process that only hands
+# tests to its xdist processes never needs them (5-6 s of CPU at every start).
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = SHARED / "models"
@@ -48,17 +43,24 @@ QWEN25 = MODELS / "Qwen2.5-1.5B-Instruct"
 
 requires_shared = pytest.mark.skipif(not MODELS.is_dir(), reason=f"{MODELS} not found")
 
-_ARCHITECTURES = {
-    # Small dimensions, real vocabulary sizes, grouped-query attention (4 query heads, 2 kv).
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
-}
+
+def _architecture(arch: str) -> tuple[type, type, dict]:
+    """(config class, model class, extra settings) of ``arch``."""
+    import transformers
+
+    return {
+        # Small dimensions, real vocabulary sizes, grouped-query attention (4 query heads, 2 kv).
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 16}),
+    }[arch]
 
 
 def tiny_model(arch: str, vocab_size: int = 151936, seed: int = 0, **overrides) -> PreTrainedModel:
     """A random-weight causal LM of the given architecture, float32, eval mode, SDPA."""
-    config_cls, model_cls, extra = _ARCHITECTURES[arch]
+    import torch
+
+    config_cls, model_cls, extra = _architecture(arch)
     settings = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -81,6 +83,8 @@ def eager_attentions(model: PreTrainedModel, ids: list[int] | torch.Tensor) -> t
     """The reference: full attention matrices from eager ``output_attentions``, one
     ``(batch, heads, queries, keys)`` tensor per layer. The model's implementation is restored
     afterwards."""
+    import torch
+
     ids = ids if isinstance(ids, torch.Tensor) else torch.tensor([ids])
     previous = model.config._attn_implementation
     model.config._attn_implementation = "eager"
@@ -95,21 +99,27 @@ def eager_attentions(model: PreTrainedModel, ids: list[int] | torch.Tensor) -> t
 def r1_tokenizer() -> PreTrainedTokenizerBase:
     if not R1.is_dir():
         pytest.skip(f"{R1} not found")
-    return AutoTokenizer.from_pretrained(R1)
+    return _auto_tokenizer(R1)
 
 
 @pytest.fixture(scope="session")
 def qwen3_tokenizer() -> PreTrainedTokenizerBase:
     if not QWEN3.is_dir():
         pytest.skip(f"{QWEN3} not found")
-    return AutoTokenizer.from_pretrained(QWEN3)
+    return _auto_tokenizer(QWEN3)
 
 
 @pytest.fixture(scope="session")
 def qwen25_tokenizer() -> PreTrainedTokenizerBase:
     if not QWEN25.is_dir():
         pytest.skip(f"{QWEN25} not found")
-    return AutoTokenizer.from_pretrained(QWEN25)
+    return _auto_tokenizer(QWEN25)
+
+
+def _auto_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 def small_vocabulary(
@@ -147,7 +157,7 @@ def tiny_r1_dir(tmp_path_factory, r1_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def tiny_r1_tokenizer(tiny_r1_dir: Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved in ``tiny_r1_dir``."""
-    return AutoTokenizer.from_pretrained(tiny_r1_dir)
+    return _auto_tokenizer(tiny_r1_dir)
 
 
 @pytest.fixture(scope="session")
