@@ -21,11 +21,17 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/stepprune run --limit 6 --out runs/demo
 
+# Compiled bytecode is written and reused by the tests: where the environment sets
+# PYTHONDONTWRITEBYTECODE (this machine's does), each of the suite's Python processes (test
+# processes, fork servers, runs, Ray workers: about forty) would compile stepprune from source
+# again, about 2 s each. It goes to __pycache__ folders, which git ignores.
+TEST_ENV = env -u PYTHONDONTWRITEBYTECODE
+
 # The test suite. pytest exits 5 when it collects no test: that is a failure too. One process
 # per core (pytest-xdist); tests marked xdist_group run in one process with their group (the
 # Ray tests one at a time, the vLLM module and the black-box cases with their module fixture once).
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n auto --dist loadgroup; status=$$?; \
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n auto --dist loadgroup; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 # The fast tier: everything but the bundled model (slow) and the end-to-end runs (e2e), in one
@@ -33,7 +39,7 @@ test: $(VENV)/.installed
 # It has no engine test to keep apart, so an idle process steals queued tests (worksteal):
 # no process waits at the end for the other's last tests.
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n auto --dist worksteal -m "not slow and not e2e"; status=$$?; \
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n auto --dist worksteal -m "not slow and not e2e"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: $(VENV)/.installed
