@@ -255,10 +255,10 @@ class Grader:
     """Grades answers in a worker process with a per-answer timeout. Context manager.
 
     The worker is started on first use and reused; after a timeout or a crash it is killed and a
-    fresh one is started on the next call. Not thread-safe: use one Grader per thread (on Linux
-    the worker is tied to the thread that started it, the one that grades). The worker exits
-    when this process dies, whatever kills it. ``timeouts`` counts the answers that ran out of
-    time (graded incorrect).
+    fresh one is started on the next call. Not thread-safe: use one Grader per thread. The
+    worker exits when this process dies, whatever kills it. The fork server it is forked from
+    (see ``_worker_context``) stays for the life of the process, so that later workers start
+    warm. ``timeouts`` counts the answers that ran out of time (graded incorrect).
 
     Args:
         timeout_s: seconds to wait for one answer's result; a late answer gets
