@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
     StoppingCriteriaList,
@@ -30,9 +30,6 @@ from stepprune.decoding import Continuation, RowSampler, SamplingConfig, StopRul
 from stepprune.engines.base import ENGINES, Engine, EngineConfig, ModelView
 from stepprune.engines.slots import sample_slots
 from stepprune.registry import PositiveInt
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
 
 DEFAULT_BATCH_SIZE = 8
 
