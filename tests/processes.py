@@ -101,6 +101,12 @@ def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.
     return condition()
 
 
+def parent(pid: int) -> int | None:
+    """The parent pid of ``pid``; None when it no longer exists."""
+    stat = _stat(pid)
+    return None if stat is None else stat[0]
+
+
 def grading_worker(root: int) -> Proc | None:
     """The grading worker below ``root``, if started: a child of multiprocessing's fork server
     (which has the same command line), or a spawned process where there is no fork server."""
@@ -109,8 +115,8 @@ def grading_worker(root: int) -> Proc | None:
         line = cmdline(proc[0])
         if "spawn_main" in line:
             return proc
-        stat = _stat(proc[0])
-        if server in line and stat is not None and server in cmdline(stat[0]):
+        above = parent(proc[0])
+        if server in line and above is not None and server in cmdline(above):
             return proc
     return None
 
@@ -130,14 +136,6 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
     process.wait()
     kill_all(below)
-
-
-def sigint_as_from_a_shell() -> None:
-    """``preexec_fn`` of a command a test may stop with Ctrl-C: SIGINT at its default, as an
-    interactive shell starts a command. A test session started in the background of a script
-    (``cmd &`` without job control) inherits SIGINT ignored, and so would every command it
-    starts: a Ctrl-C would then do nothing at all."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # -- running many short `stepprune` commands ----------------------------------------------------

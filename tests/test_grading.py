@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from stepprune.grading import Grade, Grader, _grade_in_worker, extract_prediction
-from tests.processes import cmdline, grading_worker
+from tests.processes import cmdline, grading_worker, parent
 
 POLAR_GOLD = r"\left( 3, \frac{\pi}{2} \right)"  # MATH-500 test/precalculus/807
 
@@ -202,7 +202,7 @@ def test_workers_are_forked_from_a_fork_server_that_imported_math_verify() -> No
         assert grader.grade("2", r"\boxed{2}").correct
         worker = grading_worker(os.getpid())
         assert worker is not None
-        server = int(Path(f"/proc/{worker[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        assert server != os.getpid()
+        server = parent(worker[0])
+        assert server is not None and server != os.getpid()
         assert "multiprocessing.forkserver" in cmdline(server)
         assert "stepprune.grading_preload" in cmdline(server)
