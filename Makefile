@@ -22,9 +22,10 @@ demo: $(VENV)/.installed
 	$(BIN)/stepprune run --limit 6 --out runs/demo
 
 # Compiled bytecode is written and reused by the tests: where the environment sets
-# PYTHONDONTWRITEBYTECODE (this machine's does), each of the suite's Python processes (test
-# processes, fork servers, runs, Ray workers: about forty) would compile stepprune from source
-# again, about 2 s each. It goes to __pycache__ folders, which git ignores.
+# PYTHONDONTWRITEBYTECODE (this machine's does), each Python process of the suite (test
+# processes, fork servers, fresh-interpreter runs, Ray workers) compiles the stepprune modules
+# it imports from source again: about 2 s for the whole stack. It goes to __pycache__ folders,
+# which git ignores.
 TEST_ENV = env -u PYTHONDONTWRITEBYTECODE
 
 # The test suite. pytest exits 5 when it collects no test: that is a failure too. One process
