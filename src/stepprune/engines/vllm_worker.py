@@ -163,7 +163,19 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:
             protocol.write(json.dumps({"error": f"{type(error).__name__}: {error}"}) + "\n")
             return 1
+    _stop(engine, protocol)
     return 0
+
+
+def _stop(engine, protocol) -> None:
+    """End of input: stop vLLM's engine (and, where it runs them, its processes), then leave
+    without the interpreter's teardown of torch and vLLM's modules, which only costs time: from
+    end of input to exit, 4.5 s (about 5 s of CPU) with it, 1.7 s without (SmolLM2-135M on
+    this 2-core CPU)."""
+    engine.engine_core.shutdown()
+    protocol.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
