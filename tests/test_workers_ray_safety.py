@@ -1,11 +1,12 @@
 """A local Ray instance (`--workers N` without `--ray-address`) is the run's own and closed to
 the network: a new instance even beside a stale one, clients without the run's token refused;
 a `--ray-address` where nothing listens fails at once; SIGTERM ends a workers run quietly and
-with every process Ray started (Ctrl-C, and more workers than a cluster's CPUs:
-test_workers_ray)."""
+with every process Ray started, and an interrupt before the workers are ready undoes what the
+pool did (Ctrl-C, and more workers than a cluster's CPUs: test_workers_ray)."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -152,3 +154,49 @@ def test_a_ray_client_address_is_refused_with_what_to_give_instead() -> None:
 
     with pytest.raises(ValueError, match=r"^--ray-address ray://h:1: Ray Client .* HOST:PORT"):
         _reachable("ray://h:1")
+
+
+class _Reaper:
+    killed = False
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def wait(self) -> int:
+        return -9
+
+
+def test_an_interrupt_while_the_actors_start_undoes_what_the_pool_did(monkeypatch) -> None:
+    """Ctrl-C (or SIGTERM, turned into it) after Ray has started and before the actors are
+    ready: the pool shuts the Ray it started down, kills its reaper, and puts the run's
+    SIGTERM handler and environment back, as any later failure does. Ray is a stand-in here,
+    interrupted in its first call after ``ray.init``."""
+    from stepprune import workers
+    from stepprune.config import RunConfig
+
+    calls = []
+    ray = types.ModuleType("ray")
+    ray.__spec__ = importlib.machinery.ModuleSpec("ray", None)
+    ray.is_initialized = lambda: False
+    ray.init = lambda **options: calls.append("init")
+    ray.shutdown = lambda: calls.append("shutdown")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    ray.cluster_resources = interrupted
+    ray_util = types.ModuleType("ray.util")
+    ray_util.ActorPool = object
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray.util", ray_util)
+    monkeypatch.setattr(workers, "_reload_ray_config", lambda: None)
+    reaper = _Reaper()
+    monkeypatch.setattr(workers, "_start_reaper", lambda: reaper)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    config = RunConfig.from_flat(device="cpu", workers=2)
+    with pytest.raises(KeyboardInterrupt):
+        workers.RayPool(config, config.plan(), 2)
+    assert calls == ["init", "shutdown"] and reaper.killed
+    assert "RAY_AUTH_TOKEN" not in os.environ
+    assert signal.getsignal(signal.SIGTERM) == sigterm

@@ -115,24 +115,32 @@ class RayPool:
         # RuntimeEnvAgent), so a reaper that dies with this process kills all it started.
         self.reaper = None
         self._old_sigterm = None
+        self.actors: list[Any] = []
+        # Everything after the first Ray call is undone by close() on any error, Ctrl-C
+        # included: an interrupt while the actors are made must not leave Ray running.
         try:
             if self.started_here:
                 ray.init(**self._init_options(workers, address))
                 self._catch_sigterm()
-        except BaseException:
+            self._start_actors(config, plan, workers)
+        except BaseException:  # a model that cannot load, too many workers, Ctrl-C
             self.close()
             raise
+        self.pool = ActorPool(self.actors)
+
+    def _start_actors(self, config: RunConfig, plan: RunPlan, workers: int) -> None:
+        """Start ``workers`` actors on the cluster's devices and wait until each has loaded
+        its model (a ValueError where the cluster cannot hold them)."""
+        ray = self.ray
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         on_gpus = gpus >= 1 and config.model.device in ("auto", "cuda")
         if on_gpus and workers > gpus:  # the actors beyond would wait for a GPU forever
-            self.close()
             raise ValueError(
                 f"--workers {workers}: each worker takes one GPU and the Ray cluster has {gpus}"
             )
         cpus = int(resources.get("CPU", 0))
         if not on_gpus and workers > cpus:  # each actor takes a CPU: the rest would wait forever
-            self.close()
             raise ValueError(
                 f"--workers {workers}: each worker takes one CPU and the Ray cluster has {cpus}"
             )
@@ -142,13 +150,9 @@ class RayPool:
         )
         # The plan travels pickled: a plug-in registered outside the package is imported in
         # each actor by its module's name, as pickle does for any class.
-        self.actors = [actor_class.remote(config, plan, threads) for _ in range(workers)]
-        try:
-            self._unwrap(lambda: ray.get([a.ready.remote() for a in self.actors]))
-        except BaseException:  # a model that cannot load, Ctrl-C: stop what was started
-            self.close()
-            raise
-        self.pool = ActorPool(self.actors)
+        for _ in range(workers):
+            self.actors.append(actor_class.remote(config, plan, threads))
+        self._unwrap(lambda: ray.get([a.ready.remote() for a in self.actors]))
 
     def _init_options(self, workers: int, address: str | None) -> dict[str, Any]:
         """``ray.init``'s options: the cluster at ``address`` (seen listening), or a new local
