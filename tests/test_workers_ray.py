@@ -3,12 +3,12 @@ the run starts and stops, or on a cluster (`--ray-address`): the records are tho
 one process, the driver alone writes the folder, a run killed with SIGKILL resumes, no Ray
 process of the run outlives it, and more workers than a cluster's CPUs are refused.
 
-Each Ray start costs about 15 s of the machine's two cores, so each test goes through several
-phases of one folder (killed, then resumed to the end) rather than starting Ray once per
-property; the run in one process they are compared with, and the two-node cluster, are made
-once for the module. The runs are children of the fork server (``tests.processes``: `python -m
-stepprune` without its 5-7 s of imports, each in a session of its own, as a shell starts a
-command)."""
+Each Ray start costs about 25 s of CPU here (the instance, and two workers that import torch
+and load the model), so each test goes through several phases of one folder (killed, then
+resumed to the end) rather than starting Ray once per property; the run in one process they
+are compared with, and the two-node cluster, are made once for the module. The runs are
+children of the fork server (``tests.processes``: `python -m stepprune` without its 5-7 s of
+imports, each in a session of its own, as a shell starts a command)."""
 
 from __future__ import annotations
 
@@ -102,14 +102,34 @@ def actors() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and "RunnerActor" in cmdline(int(p))]
 
 
-def start_until_actors(server: ForkServer, args: list[str], work: Path, env: dict) -> int:
+def loading(run: int) -> list[int]:
+    """The Ray workers below the local run ``run`` that have begun to load: to import torch
+    for the actor they were given, then the model (a Ray worker that waits for work has not
+    imported torch). Their actor's name shows only once that import is done, about 7 s of
+    CPU per worker here, which a run stopped before its first trace need not spend."""
+
+    def imports_torch(pid: int) -> bool:
+        with contextlib.suppress(OSError):
+            return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+        return False
+
+    # A Ray worker's title replaces its command line: ray::IDLE, then ray::_RunnerActor...
+    ray_workers = [p for p, _ in descendants(run) if cmdline(p).startswith("ray::")]
+    return [p for p in ray_workers if imports_torch(p)]
+
+
+def start_until_actors(
+    server: ForkServer, args: list[str], work: Path, env: dict, *, loading_only: bool = False
+) -> int:
     """Start ``stepprune ARGS`` through the fork server (in a session of its own, as a shell
     starts a command; its output in ``work``) and return its pid once its two Ray actors exist
-    (they then load the model: the longest phase before any trace)."""
+    (they then load the model: the longest phase before any trace); with ``loading_only``, a
+    local run's, once its two Ray workers have begun to load (``loading``)."""
     work.mkdir()
     pid = server.spawn(args, work, env)
+    two = (lambda: len(loading(pid)) == 2) if loading_only else (lambda: len(actors()) == 2)
     try:
-        assert wait_for(lambda: len(actors()) == 2 or not pid_alive(pid), 600, interval=0.1)
+        assert wait_for(lambda: two() or not pid_alive(pid), 600, interval=0.1)
         assert pid_alive(pid), output(work)[-3000:]
     except BaseException:
         stop_run(pid)
@@ -172,11 +192,11 @@ def test_interrupted_twice_while_workers_load_then_resumed_gives_the_records_of_
     tiny_r1_dir, tmp_path, one_process, fork_server
 ) -> None:
     """Ctrl-C, as a terminal sends it (to the whole group: the reaper too), while the workers
-    load their models (the longest phase before any trace): the run ends without a traceback
-    or Ray's native stack dump, and leaves no Ray process. Then SIGKILL at the same point: Ray's
-    agents would outlive the driver on their own; the run's reaper takes them, and everything
-    else Ray started. The last run finishes every unit once, with the records of one process,
-    and stops its Ray instance."""
+    load (torch, then the model: the longest phase before any trace) and the driver waits for
+    them: the run ends without a traceback or Ray's native stack dump, and leaves no Ray
+    process. Then SIGKILL at the same point: Ray's agents would outlive the driver on their
+    own; the run's reaper takes them, and everything else Ray started. The last run finishes
+    every unit once, with the records of one process, and stops its Ray instance."""
     require_ray()
     data, one = one_process
     out = tmp_path / "two"
@@ -185,7 +205,7 @@ def test_interrupted_twice_while_workers_load_then_resumed_gives_the_records_of_
     before = ray_processes()
     for signal_to_send in ("Ctrl-C", "SIGKILL"):
         work = tmp_path / signal_to_send
-        run = start_until_actors(fork_server, args, work, env)
+        run = start_until_actors(fork_server, args, work, env, loading_only=True)
         below = []
         try:
             below = descendants(run)

@@ -98,7 +98,7 @@ def test_local_ray_is_a_new_instance_closed_to_the_network_and_sigterm_ends_it(
         "HOME": str(tmp_path),
     }
     args = run_args(tiny_r1_dir, dataset(tmp_path / "q.jsonl"), out, "--workers", "2")
-    run = start_until_actors(fork_server, args, work, env)
+    run = start_until_actors(fork_server, args, work, env, loading_only=True)
     below = []
     try:
         below = descendants(run)
