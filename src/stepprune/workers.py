@@ -228,10 +228,10 @@ class RayPool:
                 return
 
     def close(self) -> None:
-        if getattr(self, "_old_sigterm", None) is not None:
+        if self._old_sigterm is not None:
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None
-        for actor in getattr(self, "actors", []):
+        for actor in self.actors:
             self.ray.kill(actor)
         if self.started_here:
             self.ray.shutdown()
