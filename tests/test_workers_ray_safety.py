@@ -81,7 +81,7 @@ def test_local_ray_is_a_new_instance_closed_to_the_network_and_sigterm_ends_it(
     tiny_r1_dir, tmp_path, fork_server
 ) -> None:
     """Beside a stale `ray_current_cluster` and a `RAY_ADDRESS` of a cluster that is gone, with
-    the user's `RAY_AUTH_MODE=disabled`: the run starts its own instance (its two workers run),
+    the user's `RAY_AUTH_MODE=disabled`: the run starts its own instance (its two workers start),
     and every listening socket of its Ray processes is on loopback or refuses a client without
     the run's token. SIGTERM to the driver then ends the run quietly, with every Ray process."""
     require_ray()
